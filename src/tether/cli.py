@@ -1,0 +1,212 @@
+"""``tether`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from tether import __version__
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_DURATIONS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``512MiB``, ``5g`` → bytes."""
+    value = text.strip().lower()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number) :].strip()
+    if unit not in _UNITS or not number:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1048576, 512MiB, 5GiB)")
+    try:
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+def parse_duration(text: str) -> float | None:
+    """``3600``, ``90m``, ``24h``, ``7d``; ``0`` or ``never`` turns expiry off."""
+    value = text.strip().lower()
+    if value in ("0", "never", "off", "none"):
+        return None
+    number = value.rstrip("smhd")
+    unit = value[len(number) :]
+    try:
+        return float(number) * _DURATIONS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 3600, 90m, 24h)") from None
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"TETHER_{name}", default)
+
+
+def _flag_env(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the upload server (tus 1.0 + IETF resumable uploads)",
+        description="Run the upload server. Every option can also be set with the "
+        "TETHER_<OPTION> environment variable (e.g. TETHER_PORT=8080).",
+    )
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "1080") or 1080))
+    serve.add_argument("--base-path", default=_env("BASE_PATH", "/files/"))
+    serve.add_argument(
+        "--state",
+        default=_env("STATE", "sqlite:///./tether-data/state.db"),
+        help="state store URL: sqlite:///PATH or memory://",
+    )
+    serve.add_argument(
+        "--storage",
+        default=_env("STORAGE", "file://./tether-data/uploads"),
+        help="byte store URL: file://DIR or memory://",
+    )
+    serve.add_argument(
+        "--node-id",
+        default=_env("NODE_ID"),
+        help="this node's id in logs and metrics (default: host name)",
+    )
+    serve.add_argument(
+        "--max-size",
+        type=parse_size,
+        default=_env("MAX_SIZE"),
+        help="largest upload accepted, e.g. 10GiB (default: no limit)",
+    )
+    serve.add_argument(
+        "--expire-after",
+        type=parse_duration,
+        default=_env("EXPIRE_AFTER", "24h"),
+        help="remove incomplete uploads idle this long (default 24h; 0 = never)",
+    )
+    serve.add_argument(
+        "--durability",
+        choices=("process", "machine"),
+        default=_env("DURABILITY", "process"),
+        help="process: acknowledged bytes survive a crash of tether (default);"
+        " machine: they also survive a power loss (fdatasync before each commit)",
+    )
+    serve.add_argument(
+        "--trust-forwarded",
+        action="store_true",
+        default=_flag_env("TRUST_FORWARDED"),
+        help="build Location and client addresses from Forwarded/X-Forwarded-*",
+    )
+    serve.add_argument(
+        "--cors-origins",
+        default=_env("CORS_ORIGINS", "*"),
+        help="comma-separated allowed browser origins, or * (default)",
+    )
+    serve.add_argument(
+        "--no-download",
+        action="store_true",
+        default=_flag_env("NO_DOWNLOAD"),
+        help="do not serve completed uploads on GET",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=float(_env("BODY_TIMEOUT", "60") or 60),
+        help="seconds a request body may stall before it is committed and closed",
+    )
+    serve.add_argument(
+        "--commit-interval",
+        type=parse_size,
+        default=_env("COMMIT_INTERVAL", "4MiB"),
+        help="commit a streaming body at least every this many bytes (default 4MiB)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+    )
+    serve.add_argument("--log-format", default=_env("LOG_FORMAT", "json"), choices=("json", "text"))
+    serve.add_argument(
+        "--no-access-log",
+        action="store_true",
+        default=_flag_env("NO_ACCESS_LOG"),
+        help="do not log a line per request",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tether.backends import BackendError
+    from tether.observe import setup_logging
+    from tether.server.config import ServerConfig
+    from tether.server.run import serve
+    from tether.state.base import StoreUnavailable
+
+    setup_logging(args.log_level, args.log_format)
+    size = args.max_size
+    if isinstance(size, str):
+        size = parse_size(size)
+    expire = args.expire_after
+    if isinstance(expire, str):
+        expire = parse_duration(expire)
+    interval = args.commit_interval
+    if isinstance(interval, str):
+        interval = parse_size(interval)
+    kwargs = {}
+    if args.node_id:
+        kwargs["node_id"] = args.node_id
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            base_path=args.base_path,
+            state_url=args.state,
+            storage_url=args.storage,
+            max_size=size,
+            expire_after=expire,
+            durability=args.durability,
+            trust_forwarded=args.trust_forwarded,
+            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+            allow_download=not args.no_download,
+            body_idle_timeout=args.body_timeout,
+            commit_interval=interval,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            access_log=not args.no_access_log,
+            **kwargs,
+        )
+        serve(config)
+    except (ValueError, BackendError, StoreUnavailable) as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,520 @@
+"""The upload service: leases, segments, commits, completion, expiry.
+
+The core invariant (DESIGN.md): an append takes a lease (epoch += 1) and wins at once; it
+writes into a segment only it writes; its progress becomes real only through a
+compare-and-set commit on (epoch, offset) in the state store, made after the bytes were
+flushed. A superseded writer's next commit fails and it stops; whatever it wrote past its
+last commit lies in a segment nobody references. Nothing here assumes one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+
+from tether.protocol import errors
+from tether.protocol.checksums import new_hasher
+from tether.protocol.commands import Append, Create
+from tether.protocol.errors import UploadError
+from tether.protocol.headers import ChecksumHeader
+from tether.state.base import (
+    Commit,
+    Segment,
+    StaleLease,
+    StateStore,
+    UploadExists,
+    UploadRecord,
+    is_expired,
+)
+from tether.storage.base import ByteStore, Piece, StorageFull
+
+log = logging.getLogger("tether.engine")
+
+MiB = 1024 * 1024
+
+
+class BodyInterrupted(Exception):
+    """Raised by a body stream that ended before its end: the client went away, stalled,
+    or this node stopped the request (takeover, termination, shutdown)."""
+
+    def __init__(self, error: UploadError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Interruptible:
+    """A request the engine can stop from outside (a body stream implements this)."""
+
+    def interrupt(self, error: UploadError) -> None:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    node_id: str
+    max_size: int | None = None
+    expire_after: float | None = 24 * 3600.0
+    durable: bool = False
+    # Commit at least this often while a body streams, so a connection that dies silently
+    # still leaves its bytes acknowledged.
+    commit_interval: int = 4 * MiB
+
+
+@dataclass
+class AppendOutcome:
+    record: UploadRecord
+    received: int  # bytes of this request's body that were committed
+
+
+def new_upload_id() -> str:
+    # 128 random bits: unguessable, and safe in a path and a URL.
+    return secrets.token_hex(16)
+
+
+def extend(segments: tuple[Segment, ...], name: str, position: int, n: int) -> tuple[Segment, ...]:
+    """Add ``n`` bytes written at ``position`` of segment ``name`` to the committed list."""
+    if n == 0:
+        return segments
+    if segments:
+        last = segments[-1]
+        if last.name == name and last.start + last.length == position:
+            return (*segments[:-1], Segment(name, last.start, last.length + n))
+    return (*segments, Segment(name, position, n))
+
+
+class UploadService:
+    def __init__(
+        self,
+        state: StateStore,
+        storage: ByteStore,
+        config: EngineConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state = state
+        self.storage = storage
+        self.config = config
+        self.clock = clock
+        # Requests streaming into an upload on this node. Only an optimisation: a stale
+        # request is fenced by the state store anyway; this just stops it sooner.
+        self._inflight: dict[str, set[Interruptible]] = {}
+
+    # -- lifecycle helpers -------------------------------------------------------------
+
+    def _expires(self) -> float | None:
+        after = self.config.expire_after
+        return None if after is None else self.clock() + after
+
+    async def _load(self, upload_id: str) -> UploadRecord:
+        record = await self.state.get(upload_id)
+        if record is None:
+            raise errors.not_found()
+        if is_expired(record, self.clock()):
+            raise errors.gone()
+        return record
+
+    def register(self, upload_id: str, request: Interruptible) -> None:
+        for other in self._inflight.get(upload_id, ()):
+            other.interrupt(errors.superseded())
+        self._inflight.setdefault(upload_id, set()).add(request)
+
+    def unregister(self, upload_id: str, request: Interruptible) -> None:
+        requests = self._inflight.get(upload_id)
+        if requests is not None:
+            requests.discard(request)
+            if not requests:
+                del self._inflight[upload_id]
+
+    def interrupt_all(self, error: UploadError) -> None:
+        for requests in list(self._inflight.values()):
+            for request in list(requests):
+                request.interrupt(error)
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def create(
+        self,
+        command: Create,
+        body: AsyncIterator[bytes] | None,
+        *,
+        client: str | None,
+        request: Interruptible | None = None,
+    ) -> AppendOutcome:
+        if command.final_of is not None:
+            return AppendOutcome(await self._create_final(command, client), 0)
+        length = command.length
+        if command.complete and command.body.content_length is not None:
+            length = _agree(length, command.body.content_length)
+        if (
+            length is not None
+            and self.config.max_size is not None
+            and length > self.config.max_size
+        ):
+            raise errors.too_large(f"upload exceeds the maximum size {self.config.max_size}")
+        record = UploadRecord(
+            id=new_upload_id(),
+            length=length,
+            metadata=command.metadata,
+            partial=command.partial,
+            created_at=self.clock(),
+            expires_at=self._expires(),
+            # Created holding the lease of epoch 1, so creation-with-upload needs no
+            # second round trip to the state store.
+            epoch=1,
+            last_client=client,
+            last_node=self.config.node_id,
+        )
+        await self._insert(record)
+        if length == 0:
+            await self._assemble(record)
+            return AppendOutcome(replace(record, assembled=True), 0)
+        if body is None or not command.body.present:
+            # Nobody holds epoch 1 now; the next append takes epoch 2 and a new segment.
+            return AppendOutcome(record, 0)
+        return await self._stream(
+            record,
+            body,
+            length=length,
+            complete=command.complete,
+            checksum=command.checksum,
+            content_length=command.body.content_length,
+            request=request,
+        )
+
+    async def _insert(self, record: UploadRecord) -> None:
+        for _ in range(3):
+            try:
+                await self.state.create(record)
+                return
+            except UploadExists:
+                record = replace(record, id=new_upload_id())
+        raise RuntimeError("could not allocate an upload id")
+
+    async def head(self, upload_id: str) -> UploadRecord:
+        record = await self._load(upload_id)
+        if record.is_final and not record.complete:
+            record = await self._finish_final(record)
+        return record
+
+    async def append(
+        self,
+        command: Append,
+        body: AsyncIterator[bytes],
+        *,
+        client: str | None,
+        request: Interruptible | None = None,
+    ) -> AppendOutcome:
+        upload_id = command.upload_id
+        try:
+            record = await self.state.acquire(upload_id, node=self.config.node_id, client=client)
+        except KeyError:
+            raise errors.not_found() from None
+        try:
+            if is_expired(record, self.clock()):
+                raise errors.gone()
+            length = self._check_append(record, command)
+        except UploadError:
+            # Leave the upload as it was, tail included: this request wrote nothing.
+            await self._release_quietly(record)
+            raise
+        return await self._stream(
+            record,
+            body,
+            length=length,
+            complete=command.complete,
+            checksum=command.checksum,
+            content_length=command.body.content_length,
+            request=request,
+        )
+
+    def _check_append(self, record: UploadRecord, command: Append) -> int | None:
+        if record.is_final:
+            raise UploadError(403, "a final upload cannot be patched")
+        if command.offset != record.offset:
+            raise errors.offset_mismatch(record.offset)
+        length = record.length
+        if command.length is not None:
+            if length is not None and command.length != length:
+                raise errors.inconsistent_length(
+                    f"Upload-Length {command.length} differs from the upload's length {length}"
+                )
+            if command.length < record.offset:
+                raise errors.inconsistent_length("Upload-Length is below the current offset")
+            length = command.length
+        if command.complete and command.body.content_length is not None:
+            length = _agree(length, record.offset + command.body.content_length)
+        if record.complete and (command.body.present or command.complete is False):
+            raise errors.already_complete()
+        if (
+            self.config.max_size is not None
+            and length is not None
+            and length > self.config.max_size
+        ):
+            raise errors.too_large(f"upload exceeds the maximum size {self.config.max_size}")
+        cl = command.body.content_length
+        if cl is not None and length is not None and record.offset + cl > length:
+            raise errors.too_large("body goes past Upload-Length")
+        if (
+            cl is not None
+            and self.config.max_size is not None
+            and record.offset + cl > self.config.max_size
+        ):
+            raise errors.too_large(f"body goes past the maximum size {self.config.max_size}")
+        return length
+
+    async def _release_quietly(self, record: UploadRecord) -> None:
+        tail = record.continuable_tail()
+        with contextlib.suppress(StaleLease):
+            await self.state.commit(
+                record.id,
+                _release(
+                    record,
+                    record.offset,
+                    record.segments,
+                    record.length,
+                    record.expires_at,
+                    tail.name if tail else None,
+                ),
+            )
+
+    async def _stream(
+        self,
+        record: UploadRecord,
+        body: AsyncIterator[bytes],
+        *,
+        length: int | None,
+        complete: bool | None,
+        checksum: ChecksumHeader | None,
+        content_length: int | None,
+        request: Interruptible | None,
+    ) -> AppendOutcome:
+        upload_id = record.id
+        tail = record.continuable_tail()
+        if tail is not None:
+            name, position = tail.name, tail.start + tail.length
+        else:
+            name, position = f"e{record.epoch}", 0
+        hasher = new_hasher(checksum.algorithm) if checksum is not None else None
+        limit = length if length is not None else self.config.max_size
+        interval = self.config.commit_interval
+        durable = self.config.durable
+        writer = None
+        start_offset = record.offset
+        written = 0  # bytes of this body written to the segment
+        committed = 0  # of which committed
+        if request is not None:
+            self.register(upload_id, request)
+
+        async def commit(*, release: bool, final_length: int | None) -> UploadRecord:
+            nonlocal record, committed
+            if writer is not None and written > committed:
+                await writer.flush(durable)
+            segments = extend(record.segments, name, position + committed, written - committed)
+            new = Commit(
+                epoch=record.epoch,
+                expected_offset=record.offset,
+                offset=start_offset + written,
+                segments=segments,
+                length=final_length,
+                expires_at=self._expires(),
+                release=release,
+                release_tail=name if release else None,
+            )
+            try:
+                record = await self.state.commit(upload_id, new)
+            except StaleLease:
+                raise errors.superseded() from None
+            committed = written
+            return record
+
+        failure: UploadError | None = None
+        try:
+            try:
+                async for chunk in body:
+                    n = len(chunk)
+                    if limit is not None and start_offset + written + n > limit:
+                        what = "Upload-Length" if length is not None else "the maximum size"
+                        failure = errors.too_large(f"body goes past {what}")
+                        break
+                    if writer is None:
+                        writer = await self.storage.open_segment(upload_id, name, position)
+                    await writer.write(chunk)
+                    written += n
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    elif written - committed >= interval:
+                        await commit(release=False, final_length=length)
+            except BodyInterrupted as exc:
+                failure = exc.error
+            except StorageFull as exc:
+                log.warning("storage full: %s", exc)
+                failure = errors.storage_full()
+            if (
+                hasher is not None
+                and checksum is not None
+                and (failure is not None or hasher.digest() != checksum.digest)
+            ):
+                # The chunk is discarded whole: the next writer of this segment truncates
+                # it back to the committed length.
+                written = committed
+                if failure is None:
+                    failure = errors.checksum_mismatch()
+            final_length = length
+            if complete and failure is None and final_length is None:
+                final_length = start_offset + written
+            record = await commit(release=True, final_length=final_length)
+        finally:
+            if writer is not None:
+                await writer.close()
+            if request is not None:
+                self.unregister(upload_id, request)
+        if failure is not None:
+            raise failure
+        if record.complete:
+            await self._assemble(record)
+            record = replace(record, assembled=True)
+        return AppendOutcome(record, written)
+
+    async def _assemble(self, record: UploadRecord) -> None:
+        pieces = [Piece(record.id, s.name, s.start, s.length) for s in record.segments]
+        await self.storage.assemble(record.id, pieces)
+        await self.state.mark_assembled(record.id)
+
+    async def ensure_assembled(self, record: UploadRecord) -> UploadRecord:
+        if record.is_final:
+            record = await self._finish_final(record)
+        if not record.complete:
+            raise UploadError(409, "upload is not complete")
+        if not record.assembled:
+            await self._assemble(record)
+            record = replace(record, assembled=True)
+        return record
+
+    async def terminate(self, upload_id: str) -> None:
+        record = await self.state.get(upload_id)
+        if record is None:
+            raise errors.not_found()
+        for request in list(self._inflight.get(upload_id, ())):
+            request.interrupt(errors.gone("upload was terminated"))
+        await self.state.delete(upload_id)
+        await self.storage.delete(upload_id)
+
+    async def download(self, upload_id: str) -> UploadRecord:
+        return await self.ensure_assembled(await self._load(upload_id))
+
+    # -- concatenation -----------------------------------------------------------------
+
+    async def _create_final(self, command: Create, client: str | None) -> UploadRecord:
+        assert command.final_of is not None
+        lengths: list[int | None] = []
+        for part_id in command.final_of:
+            part = await self.state.get(part_id)
+            if part is None or is_expired(part, self.clock()):
+                raise errors.bad_request(f"Upload-Concat names an unknown upload {part_id}")
+            if not part.partial:
+                raise errors.bad_request(f"Upload-Concat names {part_id}, which is not partial")
+            lengths.append(part.length)
+        total = None if any(n is None for n in lengths) else sum(n or 0 for n in lengths)
+        if total is not None and self.config.max_size is not None and total > self.config.max_size:
+            raise errors.too_large(f"concatenation exceeds the maximum size {self.config.max_size}")
+        record = UploadRecord(
+            id=new_upload_id(),
+            length=total,
+            metadata=command.metadata,
+            parts=command.final_of,
+            created_at=self.clock(),
+            expires_at=self._expires(),
+            last_client=client,
+            last_node=self.config.node_id,
+        )
+        await self._insert(record)
+        return await self._finish_final(record)
+
+    async def _finish_final(self, record: UploadRecord) -> UploadRecord:
+        """Complete and assemble a final upload whose partials are all complete; else return
+        it as it is. Idempotent, and safe on several nodes at once."""
+        assert record.parts is not None
+        if record.assembled:
+            return record
+        parts: list[UploadRecord] = []
+        for part_id in record.parts:
+            part = await self.state.get(part_id)
+            if part is None:
+                raise errors.gone(f"partial upload {part_id} is gone")
+            if not part.complete:
+                return record
+            parts.append(part)
+        total = sum(p.length or 0 for p in parts)
+        for part in parts:
+            await self.ensure_assembled(part)
+        await self.storage.assemble(record.id, [Piece(p.id, None, 0, p.length or 0) for p in parts])
+        if not record.complete:
+            try:
+                leased = await self.state.acquire(record.id, node=self.config.node_id, client=None)
+                record = await self.state.commit(
+                    record.id,
+                    _release(leased, total, leased.segments, total, leased.expires_at, None),
+                )
+            except StaleLease:
+                latest = await self.state.get(record.id)
+                if latest is None:
+                    raise errors.gone() from None
+                record = latest
+            except KeyError:
+                raise errors.gone() from None
+        await self.state.mark_assembled(record.id)
+        return replace(record, assembled=True)
+
+    # -- expiry ------------------------------------------------------------------------
+
+    async def reap_expired(self, limit: int = 100) -> int:
+        """Delete expired incomplete uploads; safe to run on every node at once."""
+        now = self.clock()
+        removed = 0
+        for upload_id in await self.state.expired(now, limit):
+            if await self.state.expire(upload_id, now):
+                await self.storage.delete(upload_id)
+                removed += 1
+        return removed
+
+    async def run_reaper(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                removed = await self.reap_expired()
+                if removed:
+                    log.info("removed %d expired uploads", removed)
+            except Exception:
+                log.exception("expiry sweep failed")
+
+
+def _agree(length: int | None, implied: int) -> int:
+    if length is not None and length != implied:
+        raise errors.inconsistent_length(
+            f"the body implies length {implied}, the upload's length is {length}"
+        )
+    return implied
+
+
+def _release(
+    record: UploadRecord,
+    offset: int,
+    segments: tuple[Segment, ...],
+    length: int | None,
+    expires_at: float | None,
+    tail: str | None,
+) -> Commit:
+    return Commit(
+        epoch=record.epoch,
+        expected_offset=record.offset,
+        offset=offset,
+        segments=segments,
+        length=length,
+        expires_at=expires_at,
+        release=True,
+        release_tail=tail,
+    )

@@ -1,0 +1,80 @@
+"""Build the app from a config and serve it with uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from tether.backends import open_state, open_storage, redact
+from tether.engine import EngineConfig, UploadService
+from tether.server.app import TetherApp
+from tether.server.config import ServerConfig
+
+log = logging.getLogger("tether.server")
+
+
+def build_app(config: ServerConfig) -> TetherApp:
+    durable = config.durability == "machine"
+    state = open_state(config.state_url, durable=durable)
+    storage = open_storage(config.storage_url)
+    engine = EngineConfig(
+        node_id=config.node_id,
+        max_size=config.max_size,
+        expire_after=config.expire_after,
+        durable=durable,
+        commit_interval=config.commit_interval,
+    )
+    return TetherApp(config, UploadService(state, storage, engine))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT, streaming appends are told to commit and stop
+    first, so a graceful shutdown never waits on a hung upload."""
+
+    def __init__(self, config: uvicorn.Config, app: TetherApp) -> None:
+        super().__init__(config)
+        self.tether = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.tether.begin_drain)
+        super().handle_exit(sig, frame)
+
+
+def serve(config: ServerConfig) -> None:
+    app = build_app(config)
+    log.info(
+        "tether serving",
+        extra={
+            "node": config.node_id,
+            "listen": f"http://{config.host}:{config.port}{config.base_path}",
+            "state": redact(config.state_url),
+            "storage": redact(config.storage_url),
+            "durability": config.durability,
+        },
+    )
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(config.graceful_timeout),
+        timeout_keep_alive=30,
+    )
+    server = _Server(uv_config, app)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    server.run()

@@ -1,0 +1,74 @@
+"""The byte store: where an upload's bytes live.
+
+Duties, split as in DESIGN.md:
+
+- A *segment* is written by exactly one lease holder. The store never decides which bytes
+  count: the state store's committed ranges do. A segment may hold garbage past its
+  committed length (a writer that lost its lease, a chunk whose checksum failed); readers
+  only ever read committed ranges, and a writer continuing a segment truncates it first.
+- ``flush`` returns only when the written bytes are in the OS (``durable=False``) or on
+  stable storage (``durable=True``): the engine commits after ``flush``, never before.
+- ``assemble`` turns committed pieces into the upload's final object. It is idempotent and
+  safe to run on several nodes at once, so a node that dies half-way leaves nothing that
+  another cannot finish.
+
+Nothing here may assume the writer of a segment is the process that reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StorageError(Exception):
+    pass
+
+
+class StorageFull(StorageError):
+    """No space left: earlier bytes are intact; the request answers 507."""
+
+
+class ObjectMissing(StorageError):
+    pass
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes ``[start, start + length)`` of segment ``segment`` of upload ``upload_id``;
+    ``segment=None`` means the upload's assembled final object."""
+
+    upload_id: str
+    segment: str | None
+    start: int
+    length: int
+
+
+class SegmentWriter(Protocol):
+    async def write(self, data: bytes) -> None:
+        """Append ``data``; raises ``StorageFull`` when the device is full."""
+
+    async def flush(self, durable: bool) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ByteStore(Protocol):
+    async def open_segment(self, upload_id: str, segment: str, start: int) -> SegmentWriter:
+        """Open ``segment`` for appending at ``start`` (its committed length), discarding
+        anything past it."""
+
+    async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
+        """Make the final object of ``upload_id`` from ``pieces``, durably. Idempotent."""
+
+    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Stream bytes ``[start, end)`` of the final object."""
+
+    async def delete(self, upload_id: str) -> None:
+        """Remove everything of ``upload_id``; no error if nothing is there."""
+
+    async def check(self) -> None:
+        """Raise ``StorageError`` when the store cannot take writes."""
+
+    async def close(self) -> None: ...

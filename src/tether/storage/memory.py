@@ -1,0 +1,73 @@
+"""In-memory byte store for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from tether.storage.base import ObjectMissing, Piece
+
+_FINAL = "\0final"
+
+
+class _MemoryWriter:
+    def __init__(self, buffer: bytearray) -> None:
+        self._buffer = buffer
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+
+    async def flush(self, durable: bool) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryByteStore:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], bytearray] = {}
+
+    def __repr__(self) -> str:
+        return "MemoryByteStore()"
+
+    async def open_segment(self, upload_id: str, segment: str, start: int) -> _MemoryWriter:
+        buffer = self.objects.setdefault((upload_id, segment), bytearray())
+        del buffer[start:]
+        if len(buffer) < start:
+            raise ObjectMissing(f"segment {segment} of {upload_id} is shorter than {start}")
+        return _MemoryWriter(buffer)
+
+    def _piece(self, piece: Piece) -> bytes:
+        key = (piece.upload_id, piece.segment if piece.segment is not None else _FINAL)
+        data = self.objects.get(key)
+        if data is None or len(data) < piece.start + piece.length:
+            raise ObjectMissing(f"{key} lacks bytes for {piece}")
+        return bytes(data[piece.start : piece.start + piece.length])
+
+    async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
+        if (upload_id, _FINAL) in self.objects:
+            return
+        final = bytearray().join(self._piece(p) for p in pieces)
+        self.objects[(upload_id, _FINAL)] = final
+        for key in [k for k in self.objects if k[0] == upload_id and k[1] != _FINAL]:
+            del self.objects[key]
+
+    async def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        data = self.objects.get((upload_id, _FINAL))
+        if data is None:
+            raise ObjectMissing(upload_id)
+        yield bytes(data[start:end])
+
+    async def delete(self, upload_id: str) -> None:
+        for key in [k for k in self.objects if k[0] == upload_id]:
+            del self.objects[key]
+
+    async def check(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def open_from_url(url: str) -> MemoryByteStore:
+    return MemoryByteStore()

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import ServerProcess
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A real ``tether serve`` on a free loopback port, SQLite state, a temp data dir."""
+    with ServerProcess(tmp_path / "server") as proc:
+        yield proc
