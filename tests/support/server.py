@@ -78,7 +78,10 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tether serve exited early:\n{self.log()}")
             try:
-                if httpx.get(f"http://{self.host}:{self.port}/health", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"http://{self.host}:{self.port}/health", timeout=1).status_code
+                    == 200
+                ):
                     return self
             except httpx.HTTPError:
                 pass
