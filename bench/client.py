@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or default_data_path(Path(tempfile.gettempdir()) / "tether-bench", size)
         ensure_data_file(data, size)
     mode: SendMode = args.send
-    payload = open_payload(data, mode, size)
+    payload = open_payload(data, mode, workload.total_bytes)
     try:
         result = asyncio.run(benchmark(args.url, workload, payload, args.timeout, mode))
     except (ProtocolError, OSError) as exc:  # OSError covers ConnectionError and TimeoutError

@@ -112,3 +112,33 @@ class RssSampler:
             self.peak_kib = max(self.peak_kib, sum(_rss_kib(pid) for pid in self._pids))
             tick += 1
             self._stop.wait(self.interval)
+
+
+def busy_seconds(cpu: int) -> float:
+    """user+nice+system time spent on one core so far, whoever ran there.
+
+    Minus the server's own CPU time over a run, this is what other
+    processes took from the server's core: on a shared machine, the
+    clearest sign that a figure is polluted.
+    """
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] == f"cpu{cpu}":
+            return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK
+    raise ValueError(f"cpu{cpu} not in /proc/stat")
+
+
+def steal_seconds(cpus: tuple[int, ...]) -> float:
+    """Time the hypervisor took from ``cpus`` so far (the 'steal' column of /proc/stat).
+
+    A run during which the VM host stole a noticeable share of the server's
+    or client's core is slower for reasons that have nothing to do with
+    the server, so run.py reports it next to the figure.
+    """
+    total = 0
+    wanted = {f"cpu{n}" for n in cpus}
+    for line in Path("/proc/stat").read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] in wanted:
+            total += int(fields[8])
+    return total / CLK_TCK

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from procstat import RssSampler, tree_cpu_seconds
+from procstat import RssSampler, busy_seconds, steal_seconds, tree_cpu_seconds
 from servers import (
     BENCH,
     CLIENT_CPU,
+    SERVER_CPU,
     TETHER_PATH,
     RunningServer,
     ServerFailed,
@@ -58,6 +59,7 @@ from workloads import (
 GB = 1e9  # rates and CPU-s/GB use decimal units, like most published figures
 MB = 1e6
 WARMUP_BYTES = 1 << 30
+BENCH_CPUS = (int(SERVER_CPU), int(CLIENT_CPU))
 
 
 class VerifyError(RuntimeError):
@@ -77,6 +79,8 @@ class RunRecord:
     reconnects: int = 0
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    steal_s: float = 0.0  # hypervisor steal on the server's and client's cores
+    foreign_cpu_s: float = 0.0  # CPU other processes used on the server's core
     peak_rss_kib: int = 0
 
     @property
@@ -225,9 +229,14 @@ def timed_run(
         server.start()
         server.wait_ready()
         cpu_before = tree_cpu_seconds(server.pid)
+        steal_before = steal_seconds(BENCH_CPUS)
+        busy_before = busy_seconds(int(SERVER_CPU))
         with RssSampler(server.pid) as rss:
             result = run_client(args, server.base_url, workload, data, run_dir / "client.json")
         record.server_cpu_s = tree_cpu_seconds(server.pid) - cpu_before
+        record.steal_s = steal_seconds(BENCH_CPUS) - steal_before
+        busy = busy_seconds(int(SERVER_CPU)) - busy_before
+        record.foreign_cpu_s = max(0.0, busy - record.server_cpu_s)
         record.peak_rss_kib = rss.peak_kib
         record.wall_s = result["wall_s"]
         record.bytes = result["bytes"]
@@ -323,6 +332,10 @@ def _progress(n: int, total: int, rec: RunRecord, workload: Workload) -> None:
     warn = ""
     if rec.client_cpu_s > 0.8 * rec.wall_s:
         warn += "  (client CPU near saturation: figure may be client-bound)"
+    if rec.steal_s > 0.05 * rec.wall_s:
+        warn += f"  (hypervisor stole {rec.steal_s:.2f}s CPU: noisy run)"
+    if rec.foreign_cpu_s > 0.05 * rec.wall_s:
+        warn += f"  (other processes used {rec.foreign_cpu_s:.2f}s on the server's core: noisy run)"
     if rec.reconnects:
         warn += f"  ({rec.reconnects} reconnects: server closed keep-alive connections)"
     print(

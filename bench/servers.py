@@ -51,6 +51,8 @@ def tether_command(port: int, data_dir: Path, durability: str | None) -> list[st
         f"sqlite:///{data_dir}/state.db",
         "--storage",
         f"file://{data_dir}/uploads",
+        # The other servers log nothing per request; keep the comparison fair.
+        "--no-access-log",
     ]
     if durability:
         cmd += ["--durability", durability]

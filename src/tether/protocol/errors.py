@@ -19,6 +19,8 @@ class UploadError(Exception):
     headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     # The upload's true offset, where the client needs it to recover (409 in the IETF draft).
     offset: int | None = None
+    # The offset the request claimed (the draft's "provided-offset" problem member).
+    provided_offset: int | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"
@@ -36,12 +38,13 @@ def gone(reason: str = "upload expired or was terminated") -> UploadError:
     return UploadError(410, reason)
 
 
-def offset_mismatch(expected: int) -> UploadError:
+def offset_mismatch(expected: int, provided: int | None = None) -> UploadError:
     return UploadError(
         409,
         f"Upload-Offset does not match the upload's offset {expected}",
         problem="mismatching-upload-offset",
         offset=expected,
+        provided_offset=provided,
     )
 
 

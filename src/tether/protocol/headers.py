@@ -142,7 +142,9 @@ def parse_range(value: str, size: int) -> ByteRange | None:
             suffix = int(last)
             if suffix <= 0:
                 raise ValueError
-            return ByteRange(max(0, size - suffix), size) if size else _unsatisfiable(size)
+            # An empty representation satisfies a suffix range (RFC 9110 14.1.1) but has no
+            # byte-range-resp to describe it, so the range is ignored and all 0 bytes served.
+            return ByteRange(max(0, size - suffix), size) if size else None
         start = int(first)
         end = int(last) + 1 if last else size
     except ValueError:

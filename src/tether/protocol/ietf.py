@@ -27,6 +27,7 @@ from tether.protocol.message import Headers, Limits, check_length, checksum_of, 
 
 VERSIONS = frozenset({3, 4, 5, 6, 7, 8, 9})
 PARTIAL_UPLOAD = "application/partial-upload"
+CREATION_METHODS = ("POST", "PUT", "PATCH")
 PROBLEM_BASE = "https://iana.org/assignments/http-problem-types#"
 
 
@@ -66,6 +67,9 @@ def parse_create(dialect: Dialect, headers: Headers, body: Body, limits: Limits)
         if length is not None and length != body.content_length:
             raise inconsistent_length("Upload-Length differs from the length of the body")
         length = check_length(body.content_length, limits)
+    elif length is not None and body.content_length is not None and body.content_length > length:
+        # Refused before the upload exists: a body past Upload-Length could never be kept.
+        raise inconsistent_length("the body is longer than Upload-Length")
     return Create(
         dialect,
         length,

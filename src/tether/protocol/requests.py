@@ -75,14 +75,18 @@ def parse_request(
     if dialect.flavor is Flavor.TUS and (headers.get("tus-resumable") or "").strip() != TUS_VERSION:
         raise UploadError(412, f"unsupported Tus-Resumable; this server speaks {TUS_VERSION}")
     if upload_id is None:
-        if method == "POST" or (dialect.is_ietf and method == "PUT"):
-            if dialect.is_ietf:
+        if dialect.is_ietf:
+            # The draft: "all request methods that allow content are possible, such as
+            # POST, PUT, and PATCH".
+            if method in ietf.CREATION_METHODS:
                 return ietf.parse_create(dialect, headers, body_of(headers), limits)
+            allow = "OPTIONS, " + ", ".join(ietf.CREATION_METHODS)
+        elif method == "POST":
             return _tus_create(headers, limits, upload_id_from_url)
+        else:
+            allow = "OPTIONS, POST"
         raise UploadError(
-            405,
-            f"{method} is not allowed on the creation URL",
-            headers=(("Allow", "OPTIONS, POST"),),
+            405, f"{method} is not allowed on the creation URL", headers=(("Allow", allow),)
         )
     if method == "HEAD":
         return Head(dialect, upload_id)

@@ -76,7 +76,10 @@ class Renderer:
     # -- results -----------------------------------------------------------------------
 
     def options(self) -> Response:
+        # tus 1.0 exempts OPTIONS *requests* from Tus-Resumable; its own example response
+        # carries the header, and clients such as tus-js-client look for it.
         headers: list[Header] = [
+            ("Tus-Resumable", TUS_VERSION),
             ("Tus-Version", TUS_VERSION),
             ("Tus-Extension", ",".join(TUS_EXTENSIONS)),
             ("Tus-Checksum-Algorithm", ",".join(sorted(CHECKSUMS))),
@@ -149,6 +152,9 @@ class Renderer:
                     else ("Upload-Complete")
                 )
                 headers.append((name, "?1" if name == "Upload-Incomplete" else "?0"))
+            if error.status == 413 and ietf.has_length_header(dialect.version):
+                # The draft: a 413 caused by the upload limits MUST carry Upload-Limit.
+                headers.append(("Upload-Limit", self.upload_limit()))
             if error.problem is not None and dialect.version >= 6:
                 problem: dict[str, object] = {
                     "type": ietf.PROBLEM_BASE + error.problem,
@@ -156,6 +162,8 @@ class Renderer:
                 }
                 if error.offset is not None:
                     problem["expected-offset"] = error.offset
+                if error.provided_offset is not None:
+                    problem["provided-offset"] = error.provided_offset
                 headers.append(("Content-Type", "application/problem+json"))
                 return Response(error.status, headers, json.dumps(problem).encode())
         headers.append(("Content-Type", "text/plain; charset=utf-8"))
