@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from tether.protocol import errors
@@ -143,7 +143,10 @@ class UploadService:
         *,
         client: str | None,
         request: Interruptible | None = None,
+        on_created: Callable[[UploadRecord], Awaitable[None]] | None = None,
     ) -> AppendOutcome:
+        """Create an upload and stream its first bytes, if any. ``on_created`` runs once the
+        upload exists and before its body is read (the IETF draft's 104 goes out there)."""
         if command.final_of is not None:
             return AppendOutcome(await self._create_final(command, client), 0)
         length = command.length
@@ -168,7 +171,9 @@ class UploadService:
             last_client=client,
             last_node=self.config.node_id,
         )
-        await self._insert(record)
+        record = await self._insert(record)
+        if on_created is not None:
+            await on_created(record)
         if length == 0:
             await self._assemble(record)
             return AppendOutcome(replace(record, assembled=True), 0)
@@ -185,11 +190,11 @@ class UploadService:
             request=request,
         )
 
-    async def _insert(self, record: UploadRecord) -> None:
+    async def _insert(self, record: UploadRecord) -> UploadRecord:
         for _ in range(3):
             try:
                 await self.state.create(record)
-                return
+                return record
             except UploadExists:
                 record = replace(record, id=new_upload_id())
         raise RuntimeError("could not allocate an upload id")
@@ -431,8 +436,7 @@ class UploadService:
             last_client=client,
             last_node=self.config.node_id,
         )
-        await self._insert(record)
-        return await self._finish_final(record)
+        return await self._finish_final(await self._insert(record))
 
     async def _finish_final(self, record: UploadRecord) -> UploadRecord:
         """Complete and assemble a final upload whose partials are all complete; else return

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -209,3 +210,53 @@ def test_sigterm_commits_streaming_appends_and_exits(tmp_path: Path) -> None:
         assert stored(proc, url) == data
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 12 MiB tmpfs to fill up; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_answers_507_and_keeps_earlier_bytes(tmp_path: Path, small_disk: Path) -> None:
+    data = os.urandom(20 * MiB)
+    proc = ServerProcess(tmp_path / "node", storage_url=f"file://{small_disk}/uploads").start()
+    try:
+        url = rawhttp.create(proc.url, len(data))
+        first = rawhttp.patch(url, 0, data[: 4 * MiB])
+        assert first.status == 204
+        response = rawhttp.patch(url, 4 * MiB, data[4 * MiB :])
+        assert response.status == 507, response
+        assert b"insufficient storage" in response.body
+        at = rawhttp.offset(url)
+        assert 4 * MiB <= at < len(data)
+        # The operator makes room; the client resumes and the file is whole.
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+        finish(url, data)
+        upload_id = url.rsplit("/", 1)[1]
+        assert (small_disk / "uploads" / upload_id / "data").read_bytes() == data
+    finally:
+        proc.stop()
+
+
+def test_header_flood_is_refused_and_server_survives(server: ServerProcess) -> None:
+    many = {f"X-Flood-{i}": "x" * 100 for i in range(300)}
+    response = rawhttp.request("POST", server.url, {"Upload-Length": "1", **many})
+    assert response.status == 431
+    try:
+        huge = rawhttp.request("POST", server.url, {"Upload-Length": "1", "X-Big": "y" * 2**20})
+        assert 400 <= huge.status < 500
+    except ConnectionError:
+        pass  # closing the connection on a 1 MiB header is a fine answer too
+    url = rawhttp.create(server.url, 3)
+    assert rawhttp.patch(url, 0, b"abc").status == 204

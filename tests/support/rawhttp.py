@@ -65,7 +65,9 @@ def request(
     body: bytes = b"",
     source: str | None = None,
 ) -> RawResponse:
-    all_headers = {**TUS, **(headers or {})}
+    headers = headers or {}
+    ietf = "Upload-Draft-Interop-Version" in headers
+    all_headers = {**({} if ietf else TUS), **headers}
     if body or method in ("PATCH", "POST"):
         all_headers.setdefault("Content-Length", str(len(body)))
     with connect(url, source) as sock:

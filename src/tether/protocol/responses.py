@@ -100,6 +100,14 @@ class Renderer:
         headers += self._expires(record)
         return Response(201, headers)
 
+    def resumption_supported(self, dialect: Dialect, record: UploadRecord) -> list[Header]:
+        """Headers of the 104 interim response (besides ``Location``)."""
+        assert dialect.version is not None
+        headers = [("Upload-Draft-Interop-Version", str(dialect.version))]
+        if ietf.has_length_header(dialect.version):
+            headers.append(("Upload-Limit", self.upload_limit()))
+        return headers
+
     def appended(self, dialect: Dialect, record: UploadRecord) -> Response:
         headers = self._dialect_headers(dialect)
         if dialect.is_ietf:

@@ -36,7 +36,9 @@ from tether.protocol.responses import Renderer, Response
 from tether.server.asgi import Receive, Scope, Send
 from tether.server.body import BodyReader
 from tether.server.config import ServerConfig
-from tether.state.base import StateError, StoreUnavailable
+from tether.server.interim import EXTENSION as INTERIM
+from tether.server.interim import MESSAGE as INTERIM_MESSAGE
+from tether.state.base import StateError, StoreUnavailable, UploadRecord
 from tether.storage.base import ObjectMissing, StorageError
 
 log = logging.getLogger("tether.request")
@@ -257,7 +259,24 @@ class TetherApp:
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
             body = BodyReader(receive, self.config.body_idle_timeout)
-            outcome = await service.create(command, body, client=entry.client, request=body)
+            on_created = None
+            if command.dialect.is_ietf and INTERIM in scope.get("extensions", {}):
+
+                async def on_created(record: UploadRecord) -> None:
+                    # 104: the client learns where to resume before it sends the body.
+                    interim = self.renderer.resumption_supported(command.dialect, record)
+                    location = self._absolute(scope, headers, self._path_for(record.id))
+                    await send(
+                        {
+                            "type": INTERIM_MESSAGE,
+                            "status": 104,
+                            "headers": _encode([("Location", location), *interim]),
+                        }
+                    )
+
+            outcome = await service.create(
+                command, body, client=entry.client, request=body, on_created=on_created
+            )
             entry.upload_id = outcome.record.id
             self._note(entry, outcome.record, outcome.received)
             self.metrics.add("uploads_created_total")

@@ -13,6 +13,7 @@ from tether.backends import open_state, open_storage, redact
 from tether.engine import EngineConfig, UploadService
 from tether.server.app import TetherApp
 from tether.server.config import ServerConfig
+from tether.server.interim import InterimHttpToolsProtocol
 
 log = logging.getLogger("tether.server")
 
@@ -67,7 +68,8 @@ def serve(config: ServerConfig) -> None:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, plus the hook that lets the app send the IETF draft's 104.
+        http=InterimHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,

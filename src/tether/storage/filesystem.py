@@ -78,9 +78,13 @@ class FilesystemByteStore:
 
     async def open_segment(self, upload_id: str, segment: str, start: int) -> _FileWriter:
         path = self._segment(upload_id, segment)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
         try:
-            path.parent.mkdir(exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fd = os.open(path, flags, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(exist_ok=True)
+                fd = os.open(path, flags, 0o644)
         except OSError as exc:
             raise _os_error(exc, f"open {path}") from exc
         try:
