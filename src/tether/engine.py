@@ -101,7 +101,7 @@ class UploadService:
         self.clock = clock
         # Requests streaming into an upload on this node. Only an optimisation: a stale
         # request is fenced by the state store anyway; this just stops it sooner.
-        self._inflight: dict[str, set[Interruptible]] = {}
+        self._inflight: dict[str, dict[Interruptible, asyncio.Event]] = {}
 
     # -- lifecycle helpers -------------------------------------------------------------
 
@@ -118,14 +118,16 @@ class UploadService:
         return record
 
     def register(self, upload_id: str, request: Interruptible) -> None:
-        for other in self._inflight.get(upload_id, ()):
+        for other in self._inflight.get(upload_id, {}):
             other.interrupt(errors.superseded())
-        self._inflight.setdefault(upload_id, set()).add(request)
+        self._inflight.setdefault(upload_id, {})[request] = asyncio.Event()
 
     def unregister(self, upload_id: str, request: Interruptible) -> None:
         requests = self._inflight.get(upload_id)
         if requests is not None:
-            requests.discard(request)
+            done = requests.pop(request, None)
+            if done is not None:
+                done.set()
             if not requests:
                 del self._inflight[upload_id]
 
@@ -133,6 +135,20 @@ class UploadService:
         for requests in list(self._inflight.values()):
             for request in list(requests):
                 request.interrupt(error)
+
+    async def _settle_local(self, upload_id: str, error: UploadError) -> None:
+        """Stop this node's in-flight appends to ``upload_id`` and wait until each has
+        committed what it received, so an offset read afterwards is final."""
+        requests = self._inflight.get(upload_id)
+        if not requests:
+            return
+        waits = []
+        for request, done in list(requests.items()):
+            request.interrupt(error)
+            waits.append(done.wait())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*waits)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -199,11 +215,24 @@ class UploadService:
                 record = replace(record, id=new_upload_id())
         raise RuntimeError("could not allocate an upload id")
 
-    async def head(self, upload_id: str) -> UploadRecord:
+    async def head(self, upload_id: str, *, client: str | None = None) -> UploadRecord:
+        """Where the upload stands. For an incomplete upload this also takes over from any
+        append still streaming (as a new append would, and as tusd does): the client asks
+        because it is about to resume, and the offset it gets must not move afterwards, or
+        its next append would meet a 409. Appends on this node first commit what they
+        received; appends elsewhere are fenced by the epoch bump."""
         record = await self._load(upload_id)
-        if record.is_final and not record.complete:
-            record = await self._finish_final(record)
-        return record
+        if record.is_final:
+            return record if record.complete else await self._finish_final(record)
+        if record.complete:
+            return record
+        await self._settle_local(upload_id, errors.superseded())
+        try:
+            leased = await self.state.acquire(upload_id, node=self.config.node_id, client=client)
+        except KeyError:
+            raise errors.not_found() from None
+        released = await self._release_quietly(leased)
+        return released if released is not None else await self._load(upload_id)
 
     async def append(
         self,
@@ -271,10 +300,11 @@ class UploadService:
             raise errors.too_large(f"body goes past the maximum size {self.config.max_size}")
         return length
 
-    async def _release_quietly(self, record: UploadRecord) -> None:
+    async def _release_quietly(self, record: UploadRecord) -> UploadRecord | None:
+        """Give the lease back unchanged (tail included); None if it was taken meanwhile."""
         tail = record.continuable_tail()
-        with contextlib.suppress(StaleLease):
-            await self.state.commit(
+        try:
+            return await self.state.commit(
                 record.id,
                 _release(
                     record,
@@ -285,6 +315,8 @@ class UploadService:
                     tail.name if tail else None,
                 ),
             )
+        except StaleLease:
+            return None
 
     async def _stream(
         self,

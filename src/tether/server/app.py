@@ -250,11 +250,14 @@ class TetherApp:
         if isinstance(command, Options):
             return self.renderer.options()
         if isinstance(command, Head):
-            record = await service.head(command.upload_id)
+            record = await service.head(command.upload_id, client=entry.client)
             return self.renderer.head(command.dialect, record)
         if isinstance(command, Append):
             body = BodyReader(receive, self.config.body_idle_timeout)
-            outcome = await service.append(command, body, client=entry.client, request=body)
+            try:
+                outcome = await service.append(command, body, client=entry.client, request=body)
+            finally:
+                body.close()
             self._note(entry, outcome.record, outcome.received)
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
@@ -274,9 +277,12 @@ class TetherApp:
                         }
                     )
 
-            outcome = await service.create(
-                command, body, client=entry.client, request=body, on_created=on_created
-            )
+            try:
+                outcome = await service.create(
+                    command, body, client=entry.client, request=body, on_created=on_created
+                )
+            finally:
+                body.close()
             entry.upload_id = outcome.record.id
             self._note(entry, outcome.record, outcome.received)
             self.metrics.add("uploads_created_total")

@@ -4,6 +4,9 @@ Memory: uvicorn stops reading the socket once 64 KiB of body are buffered (its f
 high-water mark), and this reader hands each buffered chunk to the engine, which writes it
 before asking for the next one. So a request holds at most ~64 KiB plus one chunk of body in
 memory, whatever its size.
+
+Idle timeout: one timer per request, re-armed lazily from the time of the last chunk,
+rather than a timeout context per chunk (which cost ~25 µs a chunk on workload A).
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ from tether.server.asgi import Receive
 
 
 class BodyReader(Interruptible):
-    __slots__ = ("_done", "_idle", "_receive", "_stop", "_task", "_waiting", "disconnected")
+    __slots__ = (
+        "_done",
+        "_idle",
+        "_last",
+        "_loop",
+        "_receive",
+        "_stop",
+        "_task",
+        "_timer",
+        "_waiting",
+        "disconnected",
+    )
 
     def __init__(self, receive: Receive, idle_timeout: float) -> None:
         self._receive = receive
@@ -25,38 +39,60 @@ class BodyReader(Interruptible):
         self._done = False
         self._stop: UploadError | None = None
         self._task: asyncio.Task[object] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
         self._waiting = False
         self.disconnected = False
 
     def __aiter__(self) -> BodyReader:
         return self
 
+    def _watch(self) -> None:
+        assert self._loop is not None
+        deadline = self._last + self._idle
+        if self._waiting and self._loop.time() >= deadline:
+            self._timer = None
+            self.interrupt(errors.request_timeout())
+        elif not self._done and self._stop is None:
+            self._timer = self._loop.call_at(deadline, self._watch)
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def __anext__(self) -> bytes:
         while True:
             if self._stop is not None:
+                self._finish()
                 raise BodyInterrupted(self._stop)
             if self._done:
                 raise StopAsyncIteration
-            self._task = asyncio.current_task()
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+                self._task = asyncio.current_task()
+                self._last = self._loop.time()
+                self._timer = self._loop.call_at(self._last + self._idle, self._watch)
             self._waiting = True
             try:
-                async with asyncio.timeout(self._idle):
-                    message = await self._receive()
-            except TimeoutError:
-                raise BodyInterrupted(errors.request_timeout()) from None
+                message = await self._receive()
             except asyncio.CancelledError:
                 task = self._task
                 if self._stop is not None and task is not None and task.uncancel() == 0:
+                    self._finish()
                     raise BodyInterrupted(self._stop) from None
                 raise
             finally:
                 self._waiting = False
+            self._last = self._loop.time()
             if message["type"] == "http.disconnect":
                 self.disconnected = True
-                self._done = True
+                self._finish()
                 raise BodyInterrupted(UploadError(400, "client disconnected mid-body"))
             if not message.get("more_body", False):
-                self._done = True
+                self._finish()
             chunk: bytes = message.get("body", b"")
             if chunk:
                 return chunk
@@ -66,3 +102,7 @@ class BodyReader(Interruptible):
             self._stop = error
         if self._waiting and self._task is not None:
             self._task.cancel()
+
+    def close(self) -> None:
+        """Cancel the idle timer of a body the engine did not read to its end."""
+        self._finish()
