@@ -1,12 +1,12 @@
 """The state store: upload records, offsets and leases. The only source of truth.
 
-Rules every implementation keeps (checked by ``tests/contract/state.py``):
+Rules every implementation keeps (checked by ``tests/contract/state_contract.py``):
 
 - ``acquire`` bumps ``epoch`` by one, atomically, and never waits: a newer request
   always wins at once over an older one, hung or not.
 - ``commit`` is a compare-and-set on (epoch, offset): it succeeds only for the current
   epoch and the offset the caller last saw, and raises ``StaleLease`` otherwise. Offsets
-  never go back.
+  never go back, nor past the length (``check_commit``).
 - ``tail``/``tail_epoch`` name the segment whose writer released its lease cleanly; the
   next holder may keep writing that segment only when ``tail_epoch == epoch - 1``, i.e.
   nobody acquired in between. A segment of a superseded writer is never continued.
@@ -134,8 +134,21 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
+def check_commit(commit: Commit) -> None:
+    """Reject, before touching any record, a commit no lease holder may make: one that
+    moves the offset back or past the length. Such a commit is a bug in the caller, so it
+    raises ``ValueError``, not ``StaleLease``; every store calls this first."""
+    if commit.offset < commit.expected_offset:
+        raise ValueError(
+            f"commit moves the offset back: {commit.expected_offset} -> {commit.offset}"
+        )
+    if commit.length is not None and commit.offset > commit.length:
+        raise ValueError(f"commit moves the offset {commit.offset} past the length {commit.length}")
+
+
 def apply_commit(record: UploadRecord, commit: Commit) -> UploadRecord:
     """The record after ``commit``: the one definition every store's CAS must match."""
+    check_commit(commit)
     if record.epoch != commit.epoch or record.offset != commit.expected_offset:
         raise StaleLease(record.id)
     changes: dict[str, Any] = {

@@ -18,6 +18,7 @@ from tether.state.base import (
     StoreUnavailable,
     UploadExists,
     UploadRecord,
+    check_commit,
     metadata_from_json,
     metadata_to_json,
     segments_from_json,
@@ -153,6 +154,7 @@ class SqliteStateStore:
         return _record(row)
 
     async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
+        check_commit(commit)
         release = ", tail = ?, tail_epoch = epoch" if commit.release else ""
         params: tuple[Any, ...] = (
             commit.offset,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -29,11 +30,12 @@ def _os_error(exc: OSError, what: str) -> StorageError:
 
 
 class _FileWriter:
-    __slots__ = ("_fd", "_path")
+    __slots__ = ("_fd", "_flush_failed", "_path")
 
     def __init__(self, fd: int, path: Path) -> None:
         self._fd = fd
         self._path = path
+        self._flush_failed: StorageError | None = None
 
     async def write(self, data: bytes) -> None:
         # Page-cache writes take microseconds; a thread hop per body chunk would cost more
@@ -47,11 +49,17 @@ class _FileWriter:
             raise _os_error(exc, f"write {self._path}") from exc
 
     async def flush(self, durable: bool) -> None:
+        # Linux reports a failed writeback to fdatasync once, and may drop the pages it
+        # could not write: a second call then succeeds though the bytes are lost. So one
+        # failure fails every later flush of this writer, and nothing it wrote is committed.
+        if self._flush_failed is not None:
+            raise self._flush_failed
         if durable:
             try:
                 await asyncio.to_thread(os.fdatasync, self._fd)
             except OSError as exc:
-                raise _os_error(exc, f"fdatasync {self._path}") from exc
+                self._flush_failed = _os_error(exc, f"fdatasync {self._path}")
+                raise self._flush_failed from exc
 
     async def close(self) -> None:
         if self._fd >= 0:
@@ -78,22 +86,35 @@ class FilesystemByteStore:
 
     async def open_segment(self, upload_id: str, segment: str, start: int) -> _FileWriter:
         path = self._segment(upload_id, segment)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        # A segment with committed bytes must exist: creating it would only leave a stray
+        # file behind (for a stale writer of an upload assembled or deleted since).
+        flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if start == 0 else 0)
         try:
             try:
                 fd = os.open(path, flags, 0o644)
             except FileNotFoundError:
+                if start:
+                    raise ObjectMissing(f"{path} is missing; {start} bytes are committed") from None
                 path.parent.mkdir(exist_ok=True)
                 fd = os.open(path, flags, 0o644)
         except OSError as exc:
             raise _os_error(exc, f"open {path}") from exc
         try:
+            _hold_for_writing(fd, path)
+            if self.final_path(upload_id).exists():
+                # Assembled: only a stale writer opens a segment now, and a file it created
+                # would outlive the segments assembly dropped (it drops them after this).
+                path.unlink(missing_ok=True)
+                raise ObjectMissing(f"{upload_id} is assembled; {path} is not needed")
             size = os.fstat(fd).st_size
             if size < start:
                 raise ObjectMissing(f"{path} has {size} bytes, {start} are committed")
             if size > start:
                 os.ftruncate(fd, start)
             os.lseek(fd, start, os.SEEK_SET)
+        except OSError as exc:
+            os.close(fd)
+            raise _os_error(exc, f"open {path}") from exc
         except BaseException:
             os.close(fd)
             raise
@@ -105,7 +126,7 @@ class FilesystemByteStore:
     def _assemble(self, upload_id: str, pieces: list[Piece]) -> None:
         final = self.final_path(upload_id)
         total = sum(p.length for p in pieces)
-        if final.exists() and final.stat().st_size == total:
+        if _has_size(final, total):
             self._drop_segments(upload_id)
             return
         final.parent.mkdir(exist_ok=True)
@@ -124,32 +145,50 @@ class FilesystemByteStore:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, final)
+        except ObjectMissing:
+            tmp.unlink(missing_ok=True)
+            # Another node finished first and dropped the segments this copy was reading.
+            if _has_size(final, total):
+                return
+            raise
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise _os_error(exc, f"assemble {upload_id}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(final.parent)
         self._drop_segments(upload_id)
 
     def _rename_single(self, upload_id: str, piece: Piece, final: Path) -> bool:
+        """Make the one segment the final object by renaming it; False when it must be
+        copied instead, because a (superseded) writer still holds it open and could write
+        into the final object through its descriptor after the rename."""
         source = self._segment(upload_id, piece.segment or "")
         try:
             fd = os.open(source, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             # Another node assembled it first.
-            if final.exists() and final.stat().st_size == piece.length:
+            if _has_size(final, piece.length):
                 return True
             raise ObjectMissing(f"{source} is gone and {final} is incomplete") from None
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # Held through the rename, so no writer can open the segment in between and
+            # keep writing into what becomes the final object (see ``_hold_for_writing``).
             if os.fstat(fd).st_size < piece.length:
                 raise ObjectMissing(f"{source} is shorter than its committed {piece.length}")
             os.ftruncate(fd, piece.length)
             os.fsync(fd)
+            try:
+                os.rename(source, final)
+            except FileNotFoundError:
+                return _has_size(final, piece.length)
         finally:
             os.close(fd)
-        try:
-            os.rename(source, final)
-        except FileNotFoundError:
-            return final.exists() and final.stat().st_size == piece.length
         _fsync_dir(final.parent)
         self._drop_segments(upload_id)
         return True
@@ -204,6 +243,33 @@ class FilesystemByteStore:
 
     async def close(self) -> None:
         return None
+
+
+def _hold_for_writing(fd: int, path: Path) -> None:
+    """Take a shared lock on an open segment for as long as it is written, and check that
+    ``path`` still names it. Assembly renames a segment into the final object only under
+    an exclusive lock, so a writer either holds its lock first (and assembly copies the
+    committed range instead) or finds its segment renamed away and stops here.
+
+    ``flock`` works across processes on a local disk and, emulated through byte-range
+    locks, on NFS (Linux >= 2.6.12); ObjectMissing here only ever reaches a stale writer."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ObjectMissing(f"{path} is being assembled") from None
+    try:
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        raise ObjectMissing(f"{path} was assembled into the final object")
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except FileNotFoundError:
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,10 +31,14 @@ class MemoryByteStore:
         return "MemoryByteStore()"
 
     async def open_segment(self, upload_id: str, segment: str, start: int) -> _MemoryWriter:
-        buffer = self.objects.setdefault((upload_id, segment), bytearray())
-        del buffer[start:]
-        if len(buffer) < start:
+        if (upload_id, _FINAL) in self.objects:
+            raise ObjectMissing(f"{upload_id} is assembled; segment {segment} is not needed")
+        buffer = self.objects.get((upload_id, segment))
+        if buffer is None and start == 0:
+            buffer = self.objects[(upload_id, segment)] = bytearray()
+        if buffer is None or len(buffer) < start:
             raise ObjectMissing(f"segment {segment} of {upload_id} is shorter than {start}")
+        del buffer[start:]
         return _MemoryWriter(buffer)
 
     def _piece(self, piece: Piece) -> bytes:
@@ -56,6 +60,8 @@ class MemoryByteStore:
         data = self.objects.get((upload_id, _FINAL))
         if data is None:
             raise ObjectMissing(upload_id)
+        if len(data) < end:
+            raise ObjectMissing(f"{upload_id} ends at {len(data)}, before {end}")
         yield bytes(data[start:end])
 
     async def delete(self, upload_id: str) -> None:

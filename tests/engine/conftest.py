@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.contract.backends import FILE_BYTES, MEMORY_BYTES, MEMORY_STATE, SQLITE_STATE
+from tests.engine.support import Stack, open_stack
+
+STACKS = [
+    pytest.param((MEMORY_STATE, MEMORY_BYTES), id="memory"),
+    pytest.param((SQLITE_STATE, FILE_BYTES), id="sqlite-file"),
+]
+
+
+@pytest.fixture(params=STACKS)
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    state, storage = request.param
+    opened = open_stack(state, storage, tmp_path)
+    yield opened
+    await opened.aclose()
