@@ -31,7 +31,14 @@ from tether.state.base import (
     UploadRecord,
     is_expired,
 )
-from tether.storage.base import ByteStore, Piece, StorageFull
+from tether.storage.base import (
+    ByteStore,
+    ObjectMissing,
+    Piece,
+    SegmentWriter,
+    StorageError,
+    StorageFull,
+)
 
 log = logging.getLogger("tether.engine")
 
@@ -347,9 +354,14 @@ class UploadService:
             self.register(upload_id, request)
 
         async def commit(*, release: bool, final_length: int | None) -> UploadRecord:
-            nonlocal record, committed
+            nonlocal record, committed, written
             if writer is not None and written > committed:
-                await writer.flush(durable)
+                try:
+                    await writer.flush(durable)
+                except StorageError:
+                    # Unflushed bytes are never acknowledged: they may be lost already.
+                    written = committed
+                    raise
             segments = extend(record.segments, name, position + committed, written - committed)
             new = Commit(
                 epoch=record.epoch,
@@ -378,7 +390,7 @@ class UploadService:
                         failure = errors.too_large(f"body goes past {what}")
                         break
                     if writer is None:
-                        writer = await self.storage.open_segment(upload_id, name, position)
+                        writer = await self._open_segment(record, name, position)
                     await writer.write(chunk)
                     written += n
                     if hasher is not None:
@@ -387,9 +399,8 @@ class UploadService:
                         await commit(release=False, final_length=length)
             except BodyInterrupted as exc:
                 failure = exc.error
-            except StorageFull as exc:
-                log.warning("storage full: %s", exc)
-                failure = errors.storage_full()
+            except StorageError as exc:
+                failure = _storage_failure(exc)
             if (
                 hasher is not None
                 and checksum is not None
@@ -403,7 +414,12 @@ class UploadService:
             final_length = length
             if complete and failure is None and final_length is None:
                 final_length = start_offset + written
-            record = await commit(release=True, final_length=final_length)
+            try:
+                record = await commit(release=True, final_length=final_length)
+            except StorageError as exc:
+                # The flush failed: give the lease back with what was committed before.
+                failure = failure or _storage_failure(exc)
+                record = await commit(release=True, final_length=length)
         finally:
             if writer is not None:
                 await writer.close()
@@ -415,6 +431,17 @@ class UploadService:
             await self._assemble(record)
             record = replace(record, assembled=True)
         return AppendOutcome(record, written)
+
+    async def _open_segment(self, record: UploadRecord, name: str, position: int) -> SegmentWriter:
+        try:
+            return await self.storage.open_segment(record.id, name, position)
+        except ObjectMissing:
+            # The segment is gone because the upload moved on without this request
+            # (assembled or deleted by a newer lease holder): this request is stale.
+            latest = await self.state.get(record.id)
+            if latest is None or latest.epoch != record.epoch:
+                raise errors.superseded() from None
+            raise
 
     async def _assemble(self, record: UploadRecord) -> None:
         pieces = [Piece(record.id, s.name, s.start, s.length) for s in record.segments]
@@ -488,7 +515,11 @@ class UploadService:
         for part in parts:
             await self.ensure_assembled(part)
         await self.storage.assemble(record.id, [Piece(p.id, None, 0, p.length or 0) for p in parts])
-        if not record.complete:
+        # Another finisher may hold the lease (or have died holding it): a new lease always
+        # wins, so a few tries settle it unless finishers keep racing.
+        for _ in range(8):
+            if record.complete:
+                break
             try:
                 leased = await self.state.acquire(record.id, node=self.config.node_id, client=None)
                 record = await self.state.commit(
@@ -502,6 +533,10 @@ class UploadService:
                 record = latest
             except KeyError:
                 raise errors.gone() from None
+        if not record.complete:
+            raise UploadError(
+                503, "concatenation is contended; retry", headers=(("Retry-After", "1"),)
+            )
         await self.state.mark_assembled(record.id)
         return replace(record, assembled=True)
 
@@ -526,6 +561,14 @@ class UploadService:
                     log.info("removed %d expired uploads", removed)
             except Exception:
                 log.exception("expiry sweep failed")
+
+
+def _storage_failure(exc: StorageError) -> UploadError:
+    if isinstance(exc, StorageFull):
+        log.warning("storage full: %s", exc)
+        return errors.storage_full()
+    log.error("storage failure: %s", exc)
+    return UploadError(500, "storage failure: bytes up to Upload-Offset are kept")
 
 
 def _agree(length: int | None, implied: int) -> int:

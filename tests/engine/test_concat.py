@@ -109,13 +109,6 @@ class LeaseTakenByADyingNode:
         return record
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py UploadService._finish_final: when its commit loses to another "
-    "finisher's lease it marks the still-incomplete final upload assembled, and every "
-    "later _finish_final returns early on `record.assembled`, so the upload never "
-    "completes",
-)
 async def test_a_final_upload_completes_after_a_finisher_died_holding_its_lease(
     stack: Stack,
 ) -> None:

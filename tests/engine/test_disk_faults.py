@@ -78,13 +78,6 @@ async def test_a_full_disk_while_assembling_leaves_the_upload_to_finish_later(
     assert await final_bytes(second, upload.id) == source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py UploadService._stream: StorageFull from writer.flush in the final "
-    "release commit (commit() inside _stream, after a periodic commit's flush failed) is "
-    "not caught, so the request fails with a 500 'storage failure' and leaves its lease "
-    "unreleased; it should answer 507 and release with only the bytes flushed before",
-)
 async def test_a_failed_flush_answers_507_and_acknowledges_nothing_unflushed(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,7 +108,7 @@ async def test_a_failed_flush_never_acknowledges_the_unflushed_bytes(
     upload = await create(engine, len(source))
     await append(engine, upload.id, 0, source[: 10 * KiB])
     sync.fail(times=1)
-    with pytest.raises(Exception):  # noqa: B017 - 500 or 507; see the xfail above
+    with pytest.raises(UploadError):  # 500 (EIO) or 507 (ENOSPC)
         await append(engine, upload.id, 10 * KiB, source[10 * KiB :])
     assert await offset_of(engine, upload.id) == 10 * KiB
     record = await append(engine, upload.id, 10 * KiB, source[10 * KiB :])

@@ -108,12 +108,6 @@ async def test_a_stale_writer_never_changes_committed_bytes(stack: Stack) -> Non
     assert await final_bytes(second, upload.id) == source[:INTERVAL]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine.py UploadService._stream: a superseded request that opens its segment "
-    "after another node assembled it away gets ObjectMissing from open_segment, which "
-    "escapes as a logged 500 'storage failure' instead of 409 superseded",
-)
 async def test_a_stale_request_finding_its_segment_gone_is_superseded(stack: Stack) -> None:
     first, second = stack.engine("n1"), stack.engine("n2")
     upload = await create(first, None)
