@@ -276,7 +276,7 @@ class UploadService:
         if record.is_final:
             raise UploadError(403, "a final upload cannot be patched")
         if command.offset != record.offset:
-            raise errors.offset_mismatch(record.offset)
+            raise errors.offset_mismatch(record.offset, command.offset)
         length = record.length
         if command.length is not None:
             if length is not None and command.length != length:
@@ -412,8 +412,15 @@ class UploadService:
                 if failure is None:
                     failure = errors.checksum_mismatch()
             final_length = length
-            if complete and failure is None and final_length is None:
-                final_length = start_offset + written
+            if complete and failure is None:
+                if final_length is None:
+                    final_length = start_offset + written
+                elif start_offset + written != final_length:
+                    # The body claimed to complete the upload but ended short of its length.
+                    failure = errors.inconsistent_length(
+                        f"the upload ends at {final_length} but the body ended at "
+                        f"{start_offset + written}"
+                    )
             try:
                 record = await commit(release=True, final_length=final_length)
             except StorageError as exc:

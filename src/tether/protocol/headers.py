@@ -23,6 +23,7 @@ MAX_INT = 2**63 - 1
 # characters so keys are safe to log.
 _META_KEY = re.compile(r"[!-+\--~]+")
 _SF_INTEGER = re.compile(r"-?[0-9]{1,15}")
+_BYTE_RANGE = re.compile(r"([0-9]{0,19})-([0-9]{0,19})")
 
 
 def parse_uint(name: str, value: str) -> int:
@@ -129,31 +130,33 @@ def parse_range(value: str, size: int) -> ByteRange | None:
     """A single ``bytes=`` range resolved against ``size``.
 
     Returns None when the header should be ignored (not bytes, several ranges, garbage),
-    and raises 416 when it is a well-formed range that cannot be satisfied.
+    and raises 416 when it is a well-formed range that cannot be satisfied (RFC 9110
+    14.1.1: a first-pos at or past the end, or a suffix-length of 0).
     """
-    unit, _, spec = value.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes":
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
+    # ASCII digits only, at most 19: int() alone would take "+5", "5_0" and other scripts'
+    # digits, and a megabyte of digits.
+    match = _BYTE_RANGE.fullmatch(spec.strip())
+    if match is None:
         return None
-    try:
-        if first == "":
-            suffix = int(last)
-            if suffix <= 0:
-                raise ValueError
-            # An empty representation satisfies a suffix range (RFC 9110 14.1.1) but has no
-            # byte-range-resp to describe it, so the range is ignored and all 0 bytes served.
-            return ByteRange(max(0, size - suffix), size) if size else None
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start < 0 or end <= start:
-        return None
+    first, last = match.groups()
+    if not first:
+        if not last:
+            return None
+        suffix = int(last)
+        if suffix == 0:
+            return _unsatisfiable(size)
+        # An empty representation satisfies a suffix range but has no byte-range-resp to
+        # describe it, so the range is ignored and the (empty) whole is served.
+        return ByteRange(max(0, size - suffix), size) if size else None
+    start = int(first)
+    if last and int(last) < start:
+        return None  # an invalid range-spec: ignored (RFC 9110 14.2)
     if start >= size:
         return _unsatisfiable(size)
-    return ByteRange(start, min(end, size))
+    return ByteRange(start, min(int(last) + 1, size) if last else size)
 
 
 def _unsatisfiable(size: int) -> ByteRange:

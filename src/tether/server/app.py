@@ -452,7 +452,9 @@ def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 
 async def _send(send: Send, response: Response) -> None:
     headers = response.headers
-    headers.append(("Content-Length", str(len(response.body))))
+    if response.status >= 200 and response.status not in (204, 304):
+        # RFC 9110 8.6: no Content-Length on 1xx, 204 and 304.
+        headers.append(("Content-Length", str(len(response.body))))
     await send(
         {"type": "http.response.start", "status": response.status, "headers": _encode(headers)}
     )
