@@ -600,6 +600,20 @@ async def test_checksum_mismatch_discards_the_chunk(server: Server) -> None:
     assert await download(client, location) == b"0123456789"
 
 
+async def test_failed_creation_with_upload_still_says_where_the_upload_is(
+    server: Server,
+) -> None:
+    client = server.client
+    wrong = f"sha1 {b64(hashlib.sha1(b'other').digest())}"
+    response = await tus_create(
+        client, 10, body=b"01234", headers={"Upload-Checksum": wrong}, status=460
+    )
+    location = response.headers["location"]
+    assert await offset_of(client, location) == 0
+    await tus_patch(client, location, 0, b"0123456789")
+    assert await download(client, location) == b"0123456789"
+
+
 async def test_checksum_mismatch_on_chunked_body(server: Server) -> None:
     client = server.client
     location = (await tus_create(client, 10)).headers["location"]

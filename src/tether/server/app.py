@@ -178,8 +178,10 @@ class TetherApp:
         dialect: Dialect | None = None
         origin: str | None = None
         try:
+            # Looked up first, so even a request refused for its headers gets CORS headers
+            # a browser can read.
+            origin = _raw_origin(scope["headers"])
             headers = Headers.from_asgi(scope["headers"], self.limits)
-            origin = headers.get("origin")
             entry.client = self._client(scope, headers)
             if path in ("/health", "/ready", "/metrics") and method in ("GET", "HEAD"):
                 response = await self._service_endpoint(path)
@@ -262,18 +264,25 @@ class TetherApp:
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
             body = BodyReader(receive, self.config.body_idle_timeout)
-            on_created = None
-            if command.dialect.is_ietf and INTERIM in scope.get("extensions", {}):
+            interim = command.dialect.is_ietf and INTERIM in scope.get("extensions", {})
+            location: str | None = None
 
-                async def on_created(record: UploadRecord) -> None:
+            async def on_created(record: UploadRecord) -> None:
+                nonlocal location
+                entry.upload_id = record.id
+                location = self._absolute(scope, headers, self._path_for(record.id))
+                if interim:
                     # 104: the client learns where to resume before it sends the body.
-                    interim = self.renderer.resumption_supported(command.dialect, record)
-                    location = self._absolute(scope, headers, self._path_for(record.id))
                     await send(
                         {
                             "type": INTERIM_MESSAGE,
                             "status": 104,
-                            "headers": _encode([("Location", location), *interim]),
+                            "headers": _encode(
+                                [
+                                    ("Location", location),
+                                    *self.renderer.resumption_supported(command.dialect, record),
+                                ]
+                            ),
                         }
                     )
 
@@ -281,6 +290,12 @@ class TetherApp:
                 outcome = await service.create(
                     command, body, client=entry.client, request=body, on_created=on_created
                 )
+            except UploadError as exc:
+                # The upload exists though its first chunk failed (460, 413, 507…): say
+                # where it is, so the client can resume instead of starting over.
+                if location is not None:
+                    exc.headers = (*exc.headers, ("Location", location))
+                raise
             finally:
                 body.close()
             entry.upload_id = outcome.record.id
@@ -444,6 +459,13 @@ class TetherApp:
                 **entry.extra,
             },
         )
+
+
+def _raw_origin(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    for name, value in raw:
+        if name.lower() == b"origin":
+            return value.decode("latin-1")
+    return None
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
