@@ -64,7 +64,7 @@ class Payload:
     """Where request bodies come from: one open data file, optionally preloaded."""
 
     fd: int
-    buffer: memoryview | None  # set in "buffer" mode: bytes of the whole file
+    buffer: memoryview | None  # "buffer" mode: the first bytes of the file, all a run sends
 
     def view(self, offset: int, length: int) -> memoryview:
         assert self.buffer is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -142,3 +143,24 @@ def steal_seconds(cpus: tuple[int, ...]) -> float:
         if fields and fields[0] in wanted:
             total += int(fields[8])
     return total / CLK_TCK
+
+
+def wait_for_quiet(
+    cpus: tuple[int, ...], limit: float, window: float = 0.5, busy_max: float = 0.1
+) -> bool:
+    """Wait up to ``limit`` s for a ``window`` in which each of ``cpus`` is < ``busy_max`` busy.
+
+    On a shared machine (a test suite, another server) a run started in
+    the middle of someone else's burst measures the burst; waiting for a
+    quiet moment first removes most of that noise. Returns False if the
+    machine never went quiet, so the caller can say so.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        before = [busy_seconds(c) for c in cpus]
+        time.sleep(window)
+        after = [busy_seconds(c) for c in cpus]
+        if all(b - a < busy_max * window for a, b in zip(before, after, strict=True)):
+            return True
+        if time.monotonic() >= deadline:
+            return False

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from procstat import RssSampler, busy_seconds, steal_seconds, tree_cpu_seconds
+from procstat import (
+    RssSampler,
+    busy_seconds,
+    steal_seconds,
+    tree_cpu_seconds,
+    wait_for_quiet,
+)
 from servers import (
     BENCH,
     CLIENT_CPU,
@@ -39,6 +45,7 @@ from servers import (
     bare_spec,
     ensure_peer_installed,
     free_port,
+    pinned,
     python_for_servers,
     sha256_via_get,
     tether_missing,
@@ -137,9 +144,7 @@ def run_client(
     args: argparse.Namespace, url: str, workload: Workload, data: Path, out: Path
 ) -> dict[str, Any]:
     argv = [
-        "taskset",
-        "-c",
-        CLIENT_CPU,
+        *pinned(CLIENT_CPU, args.nice),
         python_for_servers(),
         str(BENCH / "client.py"),
         "--url",
@@ -220,45 +225,63 @@ def timed_run(
     expected: ExpectedHashes,
 ) -> RunRecord:
     run_dir = root / f"rep{rep}-{workload.name}-{spec.slug}"
-    data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True)
+    (run_dir / "data").mkdir(parents=True)
     warm_page_cache(run_dir, args.warmup_bytes)
-    server = RunningServer(spec, free_port(), data_dir, run_dir / "server.log")
+    if args.quiet_wait > 0 and not wait_for_quiet(BENCH_CPUS, args.quiet_wait):
+        print(f"  (machine still busy after {args.quiet_wait:.0f}s; running anyway)", flush=True)
+    server = RunningServer(spec, free_port(), run_dir / "data", run_dir / "server.log", args.nice)
     record = RunRecord(rep, workload.name, spec.name, ok=False)
     try:
         server.start()
         server.wait_ready()
-        cpu_before = tree_cpu_seconds(server.pid)
-        steal_before = steal_seconds(BENCH_CPUS)
-        busy_before = busy_seconds(int(SERVER_CPU))
-        with RssSampler(server.pid) as rss:
-            result = run_client(args, server.base_url, workload, data, run_dir / "client.json")
-        record.server_cpu_s = tree_cpu_seconds(server.pid) - cpu_before
-        record.steal_s = steal_seconds(BENCH_CPUS) - steal_before
-        busy = busy_seconds(int(SERVER_CPU)) - busy_before
-        record.foreign_cpu_s = max(0.0, busy - record.server_cpu_s)
-        record.peak_rss_kib = rss.peak_kib
-        record.wall_s = result["wall_s"]
-        record.bytes = result["bytes"]
-        record.requests = result["requests"]
-        record.reconnects = result["reconnects"]
-        record.client_cpu_s = result["client_cpu_s"]
-        verify_uploads(server, result["uploads"], expected)
+        uploads = measure(args, server, workload, data, run_dir, record)
+        verify_uploads(server, uploads, expected)
         record.ok = True
-    except VerifyError as exc:
-        record.error = f"SHA256 MISMATCH: {exc}"
-        _shout(f"{spec.name} / {workload.name} / rep {rep}: {record.error}")
-    except ServerFailed as exc:
-        record.error = f"server failed: {exc}"
-        _shout(f"{spec.name} / {workload.name} / rep {rep}: {record.error}")
     except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError, KeyError) as exc:
-        record.error = f"{type(exc).__name__}: {exc}\n--- server log tail ---\n{server.log_tail()}"
+        record.error = _describe_failure(exc, server)
         _shout(f"{spec.name} / {workload.name} / rep {rep}: {record.error}")
     finally:
         server.stop()
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     return record
+
+
+def measure(
+    args: argparse.Namespace,
+    server: RunningServer,
+    workload: Workload,
+    data: Path,
+    run_dir: Path,
+    record: RunRecord,
+) -> list[dict[str, Any]]:
+    """Run the client once against ``server``, fill ``record``, return the uploads made."""
+    cpu_before = tree_cpu_seconds(server.pid)
+    steal_before = steal_seconds(BENCH_CPUS)
+    busy_before = busy_seconds(int(SERVER_CPU))
+    with RssSampler(server.pid) as rss:
+        result = run_client(args, server.base_url, workload, data, run_dir / "client.json")
+    record.server_cpu_s = tree_cpu_seconds(server.pid) - cpu_before
+    record.steal_s = steal_seconds(BENCH_CPUS) - steal_before
+    busy = busy_seconds(int(SERVER_CPU)) - busy_before
+    record.foreign_cpu_s = max(0.0, busy - record.server_cpu_s)
+    record.peak_rss_kib = rss.peak_kib
+    record.wall_s = result["wall_s"]
+    record.bytes = result["bytes"]
+    record.requests = result["requests"]
+    record.reconnects = result["reconnects"]
+    record.client_cpu_s = result["client_cpu_s"]
+    uploads: list[dict[str, Any]] = result["uploads"]
+    return uploads
+
+
+def _describe_failure(exc: BaseException, server: RunningServer) -> str:
+    # The prefixes matter: run_all() stops retrying a server that failed to start.
+    if isinstance(exc, VerifyError):
+        return f"SHA256 MISMATCH: {exc}"
+    if isinstance(exc, ServerFailed):
+        return f"server failed: {exc}"
+    return f"{type(exc).__name__}: {exc}\n--- server log tail ---\n{server.log_tail()}"
 
 
 def _shout(message: str) -> None:
@@ -520,6 +543,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=Path(tempfile.gettempdir()),
         help="where temp data dirs (and the cached payload) go; default $TMPDIR",
+    )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="niceness for server and client (default -10: favoured over other work on a "
+        "shared machine; needs root, else ignored with a warning from nice; 0 = unchanged)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each run, wait up to this many seconds for both cores to be idle; 0 = don't",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="per-run client timeout, seconds")
     p.add_argument("--keep", action="store_true", help="keep run dirs (data, logs) for inspection")

@@ -69,6 +69,18 @@ def tether_template_command(
     return cmd
 
 
+def pinned(cpu: str, nice: int) -> list[str]:
+    """Command prefix running a program on one core at a given niceness.
+
+    A negative niceness (root only; otherwise nice warns and carries on)
+    makes the kernel favour the benchmark over whatever else runs on a
+    shared machine, which removes most of the run-to-run noise. Both nice
+    and taskset exec their argument, so the PID stays the program's own.
+    """
+    prefix = ["taskset", "-c", cpu]
+    return ["nice", "-n", str(nice), *prefix] if nice else prefix
+
+
 def python_for_servers() -> str:
     # The bare app needs uvicorn/uvloop/httptools, which live in the venv.
     return str(VENV_PY) if VENV_PY.exists() else sys.executable
@@ -180,8 +192,11 @@ class ServerFailed(RuntimeError):
 class RunningServer:
     """One started server process; always call ``stop()`` (run.py does, in finally)."""
 
-    def __init__(self, spec: ServerSpec, port: int, data_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self, spec: ServerSpec, port: int, data_dir: Path, log_path: Path, nice: int = 0
+    ) -> None:
         self.spec = spec
+        self.nice = nice
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
@@ -197,11 +212,11 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}{self.spec.base_path}"
 
     def start(self) -> None:
-        argv = ["taskset", "-c", SERVER_CPU, *self.spec.command(self.port, self.data_dir)]
+        argv = [*pinned(SERVER_CPU, self.nice), *self.spec.command(self.port, self.data_dir)]
         with open(self.log_path, "wb") as log:
             log.write(("$ " + shlex.join(argv) + "\n").encode())
             log.flush()
-            # taskset execs the server, so proc.pid is the server's own PID.
+            # nice/taskset exec the server, so proc.pid is the server's own PID.
             self.proc = subprocess.Popen(
                 argv,
                 stdout=log,
