@@ -28,8 +28,8 @@ from tether.engine import EngineConfig, UploadService
 from tether.protocol.ietf import PROBLEM_BASE
 from tether.server.app import TetherApp
 from tether.server.config import ServerConfig
-from tether.server.interim import EXTENSION as INTERIM_EXTENSION
-from tether.server.interim import MESSAGE as INTERIM_MESSAGE
+from tether.server.protocol import EXTENSION as INTERIM_EXTENSION
+from tether.server.protocol import MESSAGE as INTERIM_MESSAGE
 from tether.state.memory import MemoryStateStore
 from tether.state.sqlite import SqliteStateStore
 from tether.storage.base import ByteStore

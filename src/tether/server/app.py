@@ -36,8 +36,8 @@ from tether.protocol.responses import Renderer, Response
 from tether.server.asgi import Receive, Scope, Send
 from tether.server.body import BodyReader
 from tether.server.config import ServerConfig
-from tether.server.interim import EXTENSION as INTERIM
-from tether.server.interim import MESSAGE as INTERIM_MESSAGE
+from tether.server.protocol import EXTENSION as INTERIM
+from tether.server.protocol import MESSAGE as INTERIM_MESSAGE
 from tether.state.base import StateError, StoreUnavailable, UploadRecord
 from tether.storage.base import ObjectMissing, StorageError
 

@@ -13,7 +13,7 @@ from tether.backends import open_state, open_storage, redact
 from tether.engine import EngineConfig, UploadService
 from tether.server.app import TetherApp
 from tether.server.config import ServerConfig
-from tether.server.interim import InterimHttpToolsProtocol
+from tether.server.protocol import TetherHttpToolsProtocol, supported
 
 log = logging.getLogger("tether.server")
 
@@ -68,12 +68,14 @@ def serve(config: ServerConfig) -> None:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        # httptools, plus the hook that lets the app send the IETF draft's 104.
-        http=InterimHttpToolsProtocol,
+        # httptools with fewer body copies and the IETF draft's 104 (server/protocol.py).
+        http=TetherHttpToolsProtocol if supported() else "httptools",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
+        # tether reads Forwarded / X-Forwarded-* itself, and only with --trust-forwarded.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(config.graceful_timeout),
         timeout_keep_alive=30,
     )

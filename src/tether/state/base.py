@@ -17,6 +17,7 @@ operations, so any number of nodes may share one store.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -186,6 +187,7 @@ def segments_to_json(segments: tuple[Segment, ...]) -> str:
     return json.dumps([[s.name, s.start, s.length] for s in segments], separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=1024)
 def segments_from_json(text: str) -> tuple[Segment, ...]:
     return tuple(Segment(str(n), int(a), int(b)) for n, a, b in json.loads(text))
 
@@ -196,5 +198,6 @@ def metadata_to_json(metadata: Metadata) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def metadata_from_json(text: str) -> Metadata:
     return tuple((str(k), None if v is None else bytes.fromhex(v)) for k, v in json.loads(text))

@@ -9,12 +9,15 @@ continue, assemble or read any upload.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from tether.storage.base import ObjectMissing, Piece, StorageError, StorageFull
@@ -30,12 +33,13 @@ def _os_error(exc: OSError, what: str) -> StorageError:
 
 
 class _FileWriter:
-    __slots__ = ("_fd", "_flush_failed", "_path")
+    __slots__ = ("_fd", "_flush_failed", "_path", "_writeback_from")
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: str | Path, start: int) -> None:
         self._fd = fd
         self._path = path
         self._flush_failed: StorageError | None = None
+        self._writeback_from = start
 
     async def write(self, data: bytes) -> None:
         # Page-cache writes take microseconds; a thread hop per body chunk would cost more
@@ -60,6 +64,16 @@ class _FileWriter:
             except OSError as exc:
                 self._flush_failed = _os_error(exc, f"fdatasync {self._path}")
                 raise self._flush_failed from exc
+        else:
+            # Start writeback, without waiting for it, each time the segment crosses a
+            # writeback boundary, so the flush that completes the upload finds little left
+            # to write (A: 720 -> 780 MB/s) while small appends pay no syscall.
+            position = os.lseek(self._fd, 0, os.SEEK_CUR)
+            if position // _WRITEBACK_STEP > self._writeback_from // _WRITEBACK_STEP:
+                _start_writeback(
+                    self._fd, self._writeback_from // _WRITEBACK_STEP * _WRITEBACK_STEP
+                )
+                self._writeback_from = position
 
     async def close(self) -> None:
         if self._fd >= 0:
@@ -70,6 +84,7 @@ class _FileWriter:
 class FilesystemByteStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -85,7 +100,9 @@ class FilesystemByteStore:
         return self.root / upload_id / "data"
 
     async def open_segment(self, upload_id: str, segment: str, start: int) -> _FileWriter:
-        path = self._segment(upload_id, segment)
+        # Plain strings on this path: pathlib cost ~40 µs a request on workload C.
+        directory = f"{self._root}/{upload_id}"
+        path = f"{directory}/{segment}.seg"
         # A segment with committed bytes must exist: creating it would only leave a stray
         # file behind (for a stale writer of an upload assembled or deleted since).
         flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if start == 0 else 0)
@@ -95,16 +112,18 @@ class FilesystemByteStore:
             except FileNotFoundError:
                 if start:
                     raise ObjectMissing(f"{path} is missing; {start} bytes are committed") from None
-                path.parent.mkdir(exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(directory)
                 fd = os.open(path, flags, 0o644)
         except OSError as exc:
             raise _os_error(exc, f"open {path}") from exc
         try:
             _hold_for_writing(fd, path)
-            if self.final_path(upload_id).exists():
+            if os.path.exists(f"{directory}/data"):  # noqa: ASYNC240 - one stat, microseconds
                 # Assembled: only a stale writer opens a segment now, and a file it created
                 # would outlive the segments assembly dropped (it drops them after this).
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 raise ObjectMissing(f"{upload_id} is assembled; {path} is not needed")
             size = os.fstat(fd).st_size
             if size < start:
@@ -118,7 +137,7 @@ class FilesystemByteStore:
         except BaseException:
             os.close(fd)
             raise
-        return _FileWriter(fd, path)
+        return _FileWriter(fd, path, start)
 
     async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
         await asyncio.to_thread(self._assemble, upload_id, list(pieces))
@@ -245,7 +264,28 @@ class FilesystemByteStore:
         return None
 
 
-def _hold_for_writing(fd: int, path: Path) -> None:
+_WRITEBACK_STEP = 4 * 1024 * 1024
+
+
+def _load_sync_file_range() -> Callable[[int, int], None]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset: None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    sync_file_range_write = 2  # SYNC_FILE_RANGE_WRITE: start writeback, do not wait
+
+    def start(fd: int, offset: int) -> None:
+        call(fd, offset, 0, sync_file_range_write)  # 0: up to the end of the file
+
+    return start
+
+
+_start_writeback = _load_sync_file_range()
+
+
+def _hold_for_writing(fd: int, path: str | Path) -> None:
     """Take a shared lock on an open segment for as long as it is written, and check that
     ``path`` still names it. Assembly renames a segment into the final object only under
     an exclusive lock, so a writer either holds its lock first (and assembly copies the
