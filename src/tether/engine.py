@@ -418,8 +418,8 @@ class UploadService:
                 elif start_offset + written != final_length:
                     # The body claimed to complete the upload but ended short of its length.
                     failure = errors.inconsistent_length(
-                        f"the upload ends at {final_length} but the body ended at "
-                        f"{start_offset + written}"
+                        f"inconsistent length: the upload ends at {final_length}"
+                        f" but the body ended at {start_offset + written}"
                     )
             try:
                 record = await commit(release=True, final_length=final_length)
