@@ -3,6 +3,7 @@ errors to statuses and headers."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,12 @@ from tether.protocol.requests import TUS_VERSION
 from tether.state.base import UploadRecord
 
 Header = tuple[str, str]
+
+@functools.lru_cache(maxsize=64)
+def http_date(seconds: int) -> str:
+    """An HTTP date; cached because every append in the same second answers the same one."""
+    return formatdate(seconds, usegmt=True)
+
 
 TUS_EXTENSIONS = (
     "creation",
@@ -71,7 +78,7 @@ class Renderer:
     def _expires(record: UploadRecord) -> list[Header]:
         if record.expires_at is None or record.complete:
             return []
-        return [("Upload-Expires", formatdate(record.expires_at, usegmt=True))]
+        return [("Upload-Expires", http_date(int(record.expires_at)))]
 
     # -- results -----------------------------------------------------------------------
 
