@@ -1503,3 +1503,61 @@ async def test_draining_refuses_new_writes_with_503_reason(server: Server) -> No
     assert response.status == 503
     assert response.header("retry-after") == "1"
     assert response.body.endswith(b"\n") and response.body.count(b"\n") == 1
+
+
+async def test_location_from_trusted_forwarded_headers(make_server: MakeServer) -> None:
+    trusting = await make_server(trust_forwarded=True)
+    cases = [
+        (
+            [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "up.example")],
+            "https://up.example",
+        ),
+        (
+            [("Forwarded", 'for=1.2.3.4;proto=https;host="lb.example:8443"')],
+            "https://lb.example:8443",
+        ),
+        ([], "http://node.internal"),
+    ]
+    for extra, prefix in cases:
+        response = await asgi_call(
+            trusting.app,
+            "POST",
+            BASE,
+            [("Host", "node.internal"), *extra, *TUS.items(), ("Upload-Length", "1")],
+        )
+        assert response.status == 201
+        assert (response.header("location") or "").startswith(prefix + BASE), extra
+
+
+async def test_forwarded_headers_are_ignored_unless_trusted(server: Server) -> None:
+    response = await asgi_call(
+        server.app,
+        "POST",
+        BASE,
+        [
+            ("Host", "node.internal"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "attacker.example"),
+            *TUS.items(),
+            ("Upload-Length", "1"),
+        ],
+    )
+    assert (response.header("location") or "").startswith("http://node.internal" + BASE)
+
+
+async def test_client_switches_count_forwarded_addresses_when_trusted(
+    make_server: MakeServer,
+) -> None:
+    trusting = await make_server(trust_forwarded=True)
+    client = trusting.client
+    location = (await tus_create(client, 6)).headers["location"]
+    upload_id = location.rsplit("/", 1)[1]
+    for at, address in [(0, "10.0.0.1"), (2, "10.0.0.1"), (4, "10.0.0.2")]:
+        await tus_patch(
+            client, location, at, b"ab", headers={"X-Forwarded-For": f"{address}, 192.0.2.1"}
+        )
+    record = await trusting.service.state.get(upload_id)
+    assert record is not None
+    assert record.last_client == "10.0.0.2"
+    # Created from the transport's own address, then 10.0.0.1 twice, then 10.0.0.2.
+    assert record.client_switches == 2
