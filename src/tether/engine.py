@@ -209,7 +209,6 @@ class UploadService:
             length=length,
             complete=command.complete,
             checksum=command.checksum,
-            content_length=command.body.content_length,
             request=request,
         )
 
@@ -268,7 +267,6 @@ class UploadService:
             length=length,
             complete=command.complete,
             checksum=command.checksum,
-            content_length=command.body.content_length,
             request=request,
         )
 
@@ -333,7 +331,6 @@ class UploadService:
         length: int | None,
         complete: bool | None,
         checksum: ChecksumHeader | None,
-        content_length: int | None,
         request: Interruptible | None,
     ) -> AppendOutcome:
         upload_id = record.id

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from tether.protocol.commands import Metadata
@@ -70,7 +70,6 @@ class UploadRecord:
     last_node: str | None = None
     client_switches: int = 0
     node_switches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
