@@ -21,6 +21,10 @@ class BackendError(ValueError):
 STATE_BACKENDS = {
     "sqlite": "tether.state.sqlite:open_from_url",
     "memory": "tether.state.memory:open_from_url",
+    "postgresql": "tether.state.postgres:open_from_url",
+    "postgres": "tether.state.postgres:open_from_url",
+    "redis": "tether.state.redis:open_from_url",
+    "rediss": "tether.state.redis:open_from_url",
 }
 
 STORAGE_BACKENDS = {

@@ -83,9 +83,14 @@ MEMORY_BYTES = ByteBackend(
 )
 FILE_BYTES = ByteBackend("filesystem", url=lambda tmp: f"file://{tmp}/bytes", factory=open_storage)
 
+# Imported here, not at the top: those modules build their entries with the classes above.
+from tests.contract import postgres_backend, redis_backend  # noqa: E402
+
 STATE_BACKENDS = [
     pytest.param(MEMORY_STATE, id="memory"),
     pytest.param(SQLITE_STATE, id="sqlite"),
+    *postgres_backend.PARAMS,
+    *redis_backend.PARAMS,
 ]
 
 BYTE_BACKENDS = [
