@@ -84,6 +84,9 @@ class TetherApp:
     # -- lifespan ----------------------------------------------------------------------
 
     async def startup(self) -> None:
+        # Fail at start, with the store's own message, rather than on the first upload.
+        await self.service.state.check()
+        await self.service.storage.check()
         if self.config.expire_after is not None:
             period = max(1.0, min(60.0, self.config.expire_after / 2))
             self._reaper = asyncio.get_running_loop().create_task(self.service.run_reaper(period))
@@ -162,6 +165,7 @@ class TetherApp:
                 try:
                     await self.startup()
                 except Exception as exc:
+                    log.error("cannot start: %s", exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
