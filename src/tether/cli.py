@@ -167,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tether.server.config import ServerConfig
     from tether.server.run import serve
     from tether.state.base import StoreUnavailable
+    from tether.storage.base import StorageError
 
     setup_logging(args.log_level, args.log_format)
     size = args.max_size
@@ -201,11 +202,10 @@ def _serve(args: argparse.Namespace) -> int:
             access_log=not args.no_access_log,
             **kwargs,
         )
-        serve(config)
-    except (ValueError, BackendError, StoreUnavailable) as exc:
+        return serve(config)
+    except (ValueError, BackendError, StoreUnavailable, StorageError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

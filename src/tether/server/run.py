@@ -51,7 +51,8 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(config: ServerConfig) -> None:
+def serve(config: ServerConfig) -> int:
+    """Serve until stopped; the exit status: 0, or 3 when the server could not start."""
     app = build_app(config)
     log.info(
         "tether serving",
@@ -82,3 +83,4 @@ def serve(config: ServerConfig) -> None:
     server = _Server(uv_config, app)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     server.run()
+    return 0 if server.started else 3

@@ -82,9 +82,9 @@ def _record(row: tuple[Any, ...]) -> UploadRecord:
 class SqliteStateStore:
     def __init__(self, path: str, *, durable: bool = False) -> None:
         self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
@@ -93,7 +93,7 @@ class SqliteStateStore:
             # FULL also survives a machine crash, matching --durability machine.
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
 
     def __repr__(self) -> str:

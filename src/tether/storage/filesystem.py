@@ -85,7 +85,10 @@ class FilesystemByteStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._root = str(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot use {self.root} for uploads: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"FilesystemByteStore({str(self.root)!r})"

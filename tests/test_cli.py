@@ -1,0 +1,64 @@
+"""The command line: sizes, durations, and clear errors for unusable settings."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tether.cli import build_parser, parse_duration, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1048576", 1048576), ("512MiB", 512 * 2**20), ("5g", 5 * 2**30), ("1.5KiB", 1536)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "-1x", "12 parsecs"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("3600", 3600.0), ("90m", 5400.0), ("24h", 86400.0), ("never", None)]
+)
+def test_durations(text: str, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_PORT", "8089")
+    monkeypatch.setenv("TETHER_DURABILITY", "machine")
+    args = build_parser().parse_args(["serve"])
+    assert (args.port, args.durability) == (8089, "machine")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--state", "mysql://x"], "known schemes: sqlite://"),
+        (["--state", "sqlite:////proc/none/state.db"], "cannot open SQLite database"),
+        (["--storage", "file:///proc/none/uploads"], "cannot use /proc/none/uploads"),
+    ],
+)
+def test_unusable_settings_exit_2_with_a_message(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    state = ["--state", f"sqlite:///{tmp_path}/state.db"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "serve", "--port", "0", *state, *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
