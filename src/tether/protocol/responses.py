@@ -19,6 +19,7 @@ from tether.state.base import UploadRecord
 
 Header = tuple[str, str]
 
+
 @functools.lru_cache(maxsize=64)
 def http_date(seconds: int) -> str:
     """An HTTP date; cached because every append in the same second answers the same one."""

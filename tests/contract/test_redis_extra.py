@@ -1,0 +1,327 @@
+"""What only the Redis state store has: its URL, key layout, expiry index and TTLs,
+retried scripts, error mapping and the durable setting. The shared rules are in
+``state_contract.py``."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.contract.redis_backend import fresh_redis_url, server_url, unreachable
+from tests.contract.state_contract import fresh, grow
+from tether.backends import BackendError, open_state
+from tether.state.base import StaleLease, StoreUnavailable, apply_commit
+from tether.state.redis import RedisStateStore, open_from_url
+
+redis_asyncio = pytest.importorskip("redis.asyncio")
+
+DAY = 86_400
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return fresh_redis_url(tmp_path)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[RedisStateStore]:
+    store = open_from_url(url)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def raw(url: str) -> AsyncIterator[Any]:
+    """A plain client on the test server, to look at the keys the store wrote."""
+    client = redis_asyncio.Redis.from_url(server_url(), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+# -- URLs --------------------------------------------------------------------------------
+
+
+def test_url_options_are_checked_when_opening() -> None:
+    with pytest.raises(BackendError, match=r"unknown query parameter\(s\) prefx.*known: .*prefix"):
+        open_state("redis://:hunter2@localhost/0?prefx=a:")
+    with pytest.raises(BackendError, match="socket_timeout") as info:
+        open_state("redis://:hunter2@localhost/0?socket_timeout=soon")
+    assert "hunter2" not in str(info.value)
+    # Options redis-py would only reject when it first connects.
+    with pytest.raises(BackendError, match=r"timeout for redis://"):
+        open_state("redis://localhost/0?timeout=3")
+    with pytest.raises(BackendError, match=r"ssl_check_hostname for redis://"):
+        open_state("redis://localhost/0?ssl_check_hostname=false")
+    open_state("rediss://localhost/0?ssl_check_hostname=false&socket_timeout=1&prefix=x:")
+
+
+def test_repr_hides_the_password() -> None:
+    store = open_state("rediss://user:hunter2@redis.example:6380/2?prefix=x:")
+    assert "hunter2" not in repr(store)
+    assert repr(store) == "RedisStateStore('rediss://user:***@redis.example:6380/2?prefix=x:')"
+
+
+async def test_keys_live_under_the_prefix_only(store: RedisStateStore, url: str, raw: Any) -> None:
+    prefix = store.prefix
+    assert prefix.startswith("t:") and f"prefix={prefix}" in url
+    await store.create(fresh("u", length=10, expires_at=time.time() + 60))
+    assert sorted(await raw.keys(f"{prefix}*")) == [f"{prefix}expiry", f"{prefix}upload:u"]
+    # Another prefix is another store on the same server.
+    other = open_from_url(url.replace(prefix, f"{prefix}other:"))
+    try:
+        assert await other.get("u") is None
+        await other.create(fresh("u"))
+    finally:
+        await other.close()
+
+
+def test_default_prefix() -> None:
+    assert open_from_url("redis://localhost:6379/0").prefix == "tether:"
+
+
+# -- expiry index and TTLs ---------------------------------------------------------------
+
+
+async def test_index_and_ttl_follow_the_record(store: RedisStateStore, raw: Any) -> None:
+    key, index = f"{store.prefix}upload:u", f"{store.prefix}expiry"
+    expires_at = time.time() + 3600
+    await store.create(fresh("u", length=10, expires_at=expires_at))
+    assert await raw.zscore(index, "u") == expires_at
+    ttl = await raw.ttl(key)
+    assert 3600 + DAY - 5 <= ttl <= 3600 + DAY
+
+    record = await store.acquire("u", node="n", client=None)
+    record = await store.commit("u", grow(record, 4, expires_at=expires_at + 60))
+    assert await raw.zscore(index, "u") == expires_at + 60
+    assert await raw.ttl(key) > ttl  # moved with the expiry
+
+    await store.commit("u", grow(record, 6))  # complete: never expires any more
+    assert await raw.zscore(index, "u") is None
+    assert await raw.ttl(key) == -1
+
+
+async def test_a_past_expiry_still_gets_a_full_day(store: RedisStateStore, raw: Any) -> None:
+    """The backstop TTL counts from Redis's clock when expires_at has passed, so a record
+    never vanishes before a reaper could see it."""
+    await store.create(fresh("u", length=10, expires_at=5.0))
+    assert DAY - 5 <= await raw.ttl(f"{store.prefix}upload:u") <= DAY
+    assert await store.expired(10.0, 10) == ["u"]
+
+
+async def test_uploads_without_expiry_are_neither_indexed_nor_timed(
+    store: RedisStateStore, raw: Any
+) -> None:
+    await store.create(fresh("u", length=10))
+    assert await raw.zcard(f"{store.prefix}expiry") == 0
+    assert await raw.ttl(f"{store.prefix}upload:u") == -1
+
+
+async def test_delete_and_expire_clear_the_index(store: RedisStateStore, raw: Any) -> None:
+    await store.create(fresh("a", length=10, expires_at=5.0))
+    await store.create(fresh("b", length=10, expires_at=5.0))
+    assert await store.delete("a")
+    assert await store.expire("b", 10.0)
+    assert await raw.zcard(f"{store.prefix}expiry") == 0
+
+
+async def test_a_record_lost_to_its_ttl_is_reported_expired_once(
+    store: RedisStateStore, raw: Any
+) -> None:
+    """The reaper must still learn of it, to delete its bytes."""
+    await store.create(fresh("u", length=10, expires_at=5.0))
+    await raw.delete(f"{store.prefix}upload:u")  # as the backstop TTL would
+    assert await store.expired(10.0, 10) == ["u"]
+    assert not await store.expire("u", 4.0)  # not expired yet at that time
+    assert await store.expire("u", 10.0)
+    assert not await store.expire("u", 10.0)
+    assert await store.expired(10.0, 10) == []
+
+
+async def test_create_over_a_stale_index_entry_replaces_it(
+    store: RedisStateStore, raw: Any
+) -> None:
+    await store.create(fresh("u", length=10, expires_at=5.0))
+    await raw.delete(f"{store.prefix}upload:u")
+    await store.create(fresh("u", length=10))
+    assert await store.expired(10.0, 10) == []
+
+
+# -- scripts -----------------------------------------------------------------------------
+
+
+async def test_a_retried_script_finds_its_own_work(
+    store: RedisStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py resends a command whose reply was lost; the op token makes that harmless."""
+    monkeypatch.setattr(store, "_token", lambda: "same")
+    await store.create(fresh("u"))
+    await store.create(fresh("u"))  # the create's retry: no UploadExists
+    first = await store.acquire("u", node="n", client="c")
+    assert await store.acquire("u", node="m", client="d") == first  # no second bump
+    committed = await store.commit("u", grow(first, 5))
+    assert await store.commit("u", grow(first, 5)) == committed  # no StaleLease
+    monkeypatch.undo()
+    with pytest.raises(StaleLease):
+        await store.commit("u", grow(first, 5))  # a different call is stale, as ever
+
+
+async def test_scripts_reload_after_a_script_flush(store: RedisStateStore, raw: Any) -> None:
+    await store.create(fresh("u"))
+    await raw.script_flush()
+    record = await store.acquire("u", node="n", client=None)
+    assert record.epoch == 1
+
+
+async def test_closed_store_refuses(url: str) -> None:
+    store = open_from_url(url)
+    await store.check()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.get("u")
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_is_unavailable_with_a_redacted_url() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = open_state(f"redis://:hunter2@127.0.0.1:{port}/0")
+    try:
+        for call in (store.check(), store.get("u"), store.acquire("u", node="n", client=None)):
+            with pytest.raises(StoreUnavailable) as info:
+                await call
+            message = str(info.value)
+            assert f"127.0.0.1:{port}" in message and "hunter2" not in message
+    finally:
+        await store.close()
+
+
+# -- durability --------------------------------------------------------------------------
+
+
+async def test_durable_refuses_a_server_that_does_not_fsync_each_write(url: str, raw: Any) -> None:
+    config = await raw.config_get("append*")
+    if (config["appendonly"], config["appendfsync"]) == ("yes", "always"):
+        pytest.skip("the test server fsyncs every write")
+    store = open_from_url(url, durable=True)
+    try:
+        with pytest.raises(StoreUnavailable, match="appendfsync always"):
+            await store.check()
+        with pytest.raises(StoreUnavailable, match="appendfsync always"):
+            await store.create(fresh("u"))
+    finally:
+        await store.close()
+    assert not await raw.exists(f"{store.prefix}upload:u")
+
+
+class PrivateServer:
+    """A redis-server of our own, in ``directory``, that a test may stop and restart."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no redis-server binary to start a private server")
+        with socket.socket() as sock:  # a free port, very likely still free in a moment
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.args += ["--dir", str(directory), "--save", "", *options]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        proc = self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    self.stop()
+                    pytest.skip("the private redis-server did not start")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[PrivateServer]:
+    server = PrivateServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fsyncing_server(tmp_path: Path) -> Iterator[str]:
+    server = PrivateServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+async def test_a_restarted_server_is_reconnected_and_a_dead_one_is_unavailable(
+    private_server: PrivateServer,
+) -> None:
+    store = open_from_url(private_server.url)
+    try:
+        await store.create(fresh("u"))
+        private_server.stop()
+        private_server.start()  # the pooled connection is dead now: redis-py's retry
+        assert await store.get("u") is None  # reconnects (no persistence: empty store)
+        private_server.stop()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{private_server.port}"):
+            await store.acquire("u", node="n", client=None)
+        assert time.monotonic() - started < 5  # a 503 in seconds, not a hung request
+        private_server.start()
+        await store.create(fresh("u"))
+        assert (await store.acquire("u", node="n", client=None)).epoch == 1
+    finally:
+        await store.close()
+
+
+async def test_durable_works_on_a_server_that_fsyncs_each_write(fsyncing_server: str) -> None:
+    store = open_from_url(fsyncing_server, durable=True)
+    try:
+        await store.check()
+        await store.create(fresh("u", length=3))
+        record = await store.acquire("u", node="n", client=None)
+        commit = grow(record, 3)
+        assert await store.commit("u", commit) == apply_commit(record, commit)
+    finally:
+        await store.close()
+
+
+def test_unreachable_reason_names_the_url_and_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if unreachable() is not None:
+        pytest.skip("the test server itself is unreachable")
+    unreachable.cache_clear()
+    monkeypatch.setenv("TETHER_TEST_REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    try:
+        reason = unreachable()
+        assert reason is not None
+        assert "127.0.0.1:1" in reason and "TETHER_TEST_REDIS_URL" in reason
+        assert "hunter2" not in reason
+    finally:
+        unreachable.cache_clear()
+        monkeypatch.undo()
+        assert unreachable() is None
