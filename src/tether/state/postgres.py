@@ -1,0 +1,597 @@
+"""PostgreSQL state store: what several nodes share.
+
+``postgresql://user:password@host:5432/dbname?schema=tether&pool_min=1&pool_max=10``
+(or ``postgres://``). tether reads four query parameters itself and hands the rest of the
+URL, byte for byte, to libpq (so ``sslmode``, ``options``, ``application_name``, … work as
+documented there):
+
+- ``schema`` (default ``public``): where the tables live; created if missing. Lower-case
+  letters, digits and ``_``, as PostgreSQL would fold an unquoted name.
+- ``pool_min`` (default 1), ``pool_max`` (default 10): connections per handle and event loop.
+- ``pool_timeout`` (seconds, default 10): how long a request waits for a connection before
+  the store reports itself unavailable (503); also the default ``connect_timeout``.
+
+Any other parameter libpq does not know is an error, raised when the URL is opened.
+
+Every operation is one statement, as in the SQLite store: ``acquire`` and ``commit`` are an
+``UPDATE … WHERE id = … [AND epoch = … AND received = …] RETURNING …`` (compare-and-set on
+the row, under PostgreSQL's row lock), ``expire`` a ``DELETE … WHERE <still expired and
+incomplete> RETURNING id``. Connections run in autocommit mode, so each is one round trip
+and no transaction is ever left open. ``metadata`` and ``segments`` are stored as the same
+JSON text the SQLite store writes (``base.metadata_to_json``/``segments_to_json``): never
+queried into, cheaper to rewrite on every commit than ``jsonb``, and ``jsonb`` cannot hold
+the ``\\u0000`` a metadata key may contain.
+
+The schema is created, or migrated, when a handle is first used: in one transaction holding
+an advisory lock named after the schema, so nodes starting together do not race, and
+recorded in ``tether_schema_version``.
+
+Durability: the ``durable`` flag changes nothing here, and ``synchronous_commit`` is never
+turned off. A PostgreSQL commit is already flushed to the server's WAL before it returns
+(what ``--durability machine`` asks for); on the test machine that flush is ~0.2 ms of the
+~0.45 ms a statement takes. Turning it off per session would survive a crash of the tether
+process (the server holds the WAL), but a crash of the PostgreSQL server would lose the last
+~600 ms (3 x ``wal_writer_delay``) of commits, and with them *acquires*: an epoch would be
+handed out a second time, and so would the segment named after it (``e<epoch>``), to a new
+writer while the old one may still be writing it. That breaks the fencing itself, not only
+recent progress, so the store goes further the other way: if the role or database defaults
+to ``synchronous_commit = off``, its sessions set it back to ``on``.
+
+A connection pool belongs to the event loop it was opened on, so a handle opens its pool
+lazily, inside the running loop. A handle used under a new loop after the previous one has
+finished (``asyncio.run`` called repeatedly, as tests and scripts do) closes the old pool's
+connections and opens a new pool; using one handle from two live loops is an error: open a
+handle per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tether.backends import BackendError, redact
+from tether.state.base import (
+    Commit,
+    StaleLease,
+    StoreUnavailable,
+    UploadExists,
+    UploadRecord,
+    check_commit,
+    metadata_from_json,
+    metadata_to_json,
+    segments_from_json,
+    segments_to_json,
+)
+
+SCHEMA_VERSION: Final = 1
+
+_TABLE = "uploads"
+_VERSION_TABLE = "tether_schema_version"
+
+# Migrations, by the version they bring the schema to; ``{s}`` is the quoted schema name.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        # fillfactor leaves room in each page, so the frequent commits can be HOT updates.
+        """
+        CREATE TABLE {s}.uploads (
+            id text PRIMARY KEY,
+            length bigint,
+            received bigint NOT NULL DEFAULT 0,
+            metadata text NOT NULL DEFAULT '[]',
+            partial boolean NOT NULL DEFAULT false,
+            parts text[],
+            created_at double precision NOT NULL,
+            expires_at double precision,
+            epoch bigint NOT NULL DEFAULT 0,
+            tail text,
+            tail_epoch bigint NOT NULL DEFAULT -1,
+            segments text NOT NULL DEFAULT '[]',
+            assembled boolean NOT NULL DEFAULT false,
+            last_client text,
+            last_node text,
+            client_switches bigint NOT NULL DEFAULT 0,
+            node_switches bigint NOT NULL DEFAULT 0
+        ) WITH (fillfactor = 80)
+        """,
+        # On expires_at alone: an index whose predicate named ``received`` would make
+        # every commit a non-HOT update.
+        "CREATE INDEX uploads_expiry ON {s}.uploads (expires_at) WHERE expires_at IS NOT NULL",
+    ),
+}
+
+_COLUMNS = (
+    "id, length, received, metadata, partial, parts, created_at, expires_at, epoch, tail, "
+    "tail_epoch, segments, assembled, last_client, last_node, client_switches, node_switches"
+)
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SECRET_PARAMS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
+)
+_POOL_PARAMS = ("schema", "pool_min", "pool_max", "pool_timeout")
+
+
+# -- URL ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    conninfo: str
+    """The URL for libpq: tether's own query parameters taken out, the rest untouched."""
+    schema: str = "public"
+    pool_min: int = 1
+    pool_max: int = 10
+    pool_timeout: float = 10.0
+
+
+def display_url(url: str) -> str:
+    """``url`` with the password and every secret query parameter hidden."""
+    shown = redact(url)
+    parts = urlsplit(shown)
+    if not parts.query:
+        return shown
+    query = "&".join(
+        f"{raw.split('=', 1)[0]}=***" if unquote(raw.split("=", 1)[0]) in _SECRET_PARAMS else raw
+        for raw in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=query))
+
+
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
+
+
+def parse_url(url: str) -> PostgresSettings:
+    """Split a ``postgresql://`` URL into tether's settings and libpq's URL; raise
+    ``BackendError`` for anything neither of them would accept."""
+    shown = display_url(url)
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise BackendError(f"{shown!r} is not a postgresql:// URL")
+    if parts.fragment:
+        raise BackendError(f"{shown!r}: a PostgreSQL URL takes no #fragment")
+    ours: dict[str, str] = {}
+    kept: list[str] = []
+    seen: set[str] = set()
+    libpq = _libpq_keywords()
+    # libpq reads the query itself (percent-decoding, no "+" for space), so its
+    # parameters are passed on as written; only their names are decoded, to check them.
+    for raw in parts.query.split("&") if parts.query else ():
+        name, eq, value = raw.partition("=")
+        key = unquote(name)
+        if not eq or not key:
+            raise BackendError(f"{shown!r}: malformed query parameter {name!r}")
+        if key in seen:
+            raise BackendError(f"{shown!r}: query parameter {key!r} given twice")
+        seen.add(key)
+        if key in _POOL_PARAMS:
+            ours[key] = unquote(value)
+        elif key in libpq:
+            kept.append(raw)
+        else:
+            raise BackendError(
+                f"{shown!r}: unknown query parameter {key!r}; tether reads"
+                f" {', '.join(_POOL_PARAMS)}, and libpq its own connection parameters"
+            )
+    conninfo = urlunsplit(parts._replace(query="&".join(kept)))
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.Error as exc:
+        raise BackendError(f"{shown!r}: {_reason(exc, url)}") from None
+
+    schema = ours.get("schema", "public")
+    if not _SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
+        raise BackendError(
+            f"{shown!r}: schema {schema!r} must be 1-63 lower-case letters, digits or _,"
+            " not starting with a digit or pg_"
+        )
+    pool_min = _count(shown, ours, "pool_min", 1)
+    pool_max = _count(shown, ours, "pool_max", 10)
+    if pool_max < max(1, pool_min):
+        raise BackendError(f"{shown!r}: pool_max must be at least 1 and at least pool_min")
+    timeout = ours.get("pool_timeout", "10")
+    try:
+        pool_timeout = float(timeout)
+    except ValueError:
+        pool_timeout = math.nan
+    if not (math.isfinite(pool_timeout) and pool_timeout > 0):
+        raise BackendError(f"{shown!r}: pool_timeout must be a positive number of seconds")
+    return PostgresSettings(conninfo, schema, pool_min, pool_max, pool_timeout)
+
+
+def _count(shown: str, params: dict[str, str], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if not (value.isascii() and value.isdigit()):
+        raise BackendError(f"{shown!r}: {name} must be a whole number, not {value!r}")
+    return int(value)
+
+
+def _reason(exc: psycopg.Error, url: str) -> str:
+    """What went wrong, on one line: the server's own message when it sent one."""
+    return _scrub(exc.diag.message_primary or str(exc), url)
+
+
+def _scrub(message: str, url: str) -> str:
+    """``message`` with the URL's secrets taken out, raw or decoded (libpq quotes the
+    token it cannot parse)."""
+    parts = urlsplit(url)
+    secrets = [parts.password or ""]
+    for raw in parts.query.split("&"):
+        name, _, value = raw.partition("=")
+        if unquote(name) in _SECRET_PARAMS:
+            secrets.append(value)
+    for secret in {s for raw in secrets for s in (raw, unquote(raw)) if s}:
+        message = message.replace(secret, "***")
+    return " ".join(message.split())
+
+
+# -- the pool ----------------------------------------------------------------------------
+
+
+class _StopWhenCancelled:
+    """The maintenance queue, as a worker of ``_Pool`` sees it (the worker only ever
+    calls ``get``): a cancelled worker gets ``CancelledError`` instead of more work."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self._queue = queue
+
+    async def get(self) -> Any:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+        return await self._queue.get()
+
+
+class _Pool(AsyncConnectionPool[psycopg.AsyncConnection[tuple[Any, ...]]]):
+    """``AsyncConnectionPool`` whose workers stop when their loop shuts down.
+
+    psycopg_pool 3.3's workers swallow a cancellation that lands while they connect (the
+    connect error is logged and a retry scheduled), then wait for more work, so a loop that
+    ends while the pool grows (``asyncio.run`` returning with the pool open) waits for them
+    forever. These workers check, before waiting, whether they were cancelled."""
+
+    @classmethod
+    async def worker(cls, q: asyncio.Queue[Any]) -> None:
+        await super().worker(_StopWhenCancelled(q))  # type: ignore[arg-type]
+
+
+async def _abandon(pool: _Pool) -> None:
+    """Close the idle connections of a pool whose event loop has finished. Its workers
+    ended with that loop, and ``pool.close()`` would wait for them on it."""
+    idle = list(pool._pool)
+    pool._pool.clear()
+    for conn in idle:
+        await conn.close()
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+def _record(row: tuple[Any, ...]) -> UploadRecord:
+    parts = row[5]
+    return UploadRecord(
+        id=row[0],
+        length=row[1],
+        offset=row[2],
+        metadata=metadata_from_json(row[3]),
+        partial=row[4],
+        parts=None if parts is None else tuple(parts),
+        created_at=row[6],
+        expires_at=row[7],
+        epoch=row[8],
+        tail=row[9],
+        tail_epoch=row[10],
+        segments=segments_from_json(row[11]),
+        assembled=row[12],
+        last_client=row[13],
+        last_node=row[14],
+        client_switches=row[15],
+        node_switches=row[16],
+    )
+
+
+class PostgresStateStore:
+    def __init__(self, url: str, *, durable: bool = False) -> None:
+        settings = parse_url(url)
+        self.url = url
+        self.durable = durable  # see the module docstring: commits are always synchronous
+        self.settings = settings
+        params = conninfo_to_dict(settings.conninfo)
+        host = params.get("host") or params.get("hostaddr") or "the local socket"
+        self._where = f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+        self._kwargs: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in params:
+            self._kwargs["connect_timeout"] = max(2, math.ceil(settings.pool_timeout))
+        if "application_name" not in params:
+            self._kwargs["application_name"] = "tether"
+        self._user_options = str(params.get("options") or "")
+
+        s = f'"{settings.schema}"'
+        t = f"{s}.{_TABLE}"
+        self._schema_sql = s
+        returning = f" RETURNING {_COLUMNS}"
+        self._sql_create = (
+            f"INSERT INTO {t} ({_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})"
+            " ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE id = %s"
+        self._sql_acquire = (
+            f"UPDATE {t} SET epoch = epoch + 1,"
+            " client_switches = client_switches + (last_client IS NOT NULL"
+            " AND %(client)s::text IS NOT NULL AND last_client <> %(client)s::text)::int,"
+            " node_switches = node_switches"
+            " + (last_node IS NOT NULL AND last_node <> %(node)s::text)::int,"
+            " last_client = COALESCE(%(client)s::text, last_client), last_node = %(node)s::text"
+            " WHERE id = %(id)s" + returning
+        )
+        commit = (
+            f"UPDATE {t} SET received = %(offset)s, segments = %(segments)s,"
+            " length = %(length)s, expires_at = %(expires_at)s{release}"
+            " WHERE id = %(id)s AND epoch = %(epoch)s AND received = %(expected)s" + returning
+        )
+        self._sql_commit = commit.format(release="")
+        self._sql_commit_release = commit.format(release=", tail = %(tail)s, tail_epoch = epoch")
+        self._sql_mark_assembled = f"UPDATE {t} SET assembled = true WHERE id = %s RETURNING id"
+        self._sql_delete = f"DELETE FROM {t} WHERE id = %s RETURNING id"
+        incomplete = "expires_at < %s AND (length IS NULL OR received < length)"
+        self._sql_expire = f"DELETE FROM {t} WHERE id = %s AND {incomplete} RETURNING id"
+        self._sql_expired = f"SELECT id FROM {t} WHERE {incomplete} ORDER BY expires_at LIMIT %s"
+
+        self._pool: _Pool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Lock | None = None
+        self._schema_ready = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStateStore({display_url(self.url)!r})"
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _get_pool(self) -> _Pool:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise StoreUnavailable(f"{self!r} is closed")
+        if self._loop is not loop:
+            await self._leave_loop()
+            self._loop = loop
+            self._opening = asyncio.Lock()
+        assert self._opening is not None
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await self._open_pool()
+        return self._pool
+
+    async def _leave_loop(self) -> None:
+        """Drop the pool of the loop this handle was used on before, now finished."""
+        if self._pool is None:
+            return
+        if self._loop is not None and not self._loop.is_closed():
+            raise RuntimeError(
+                f"{self!r} is in use on another event loop, which has not finished;"
+                " open one handle per event loop"
+            )
+        pool, self._pool = self._pool, None
+        await _abandon(pool)
+
+    async def _open_pool(self) -> _Pool:
+        kwargs = self._kwargs
+        if not self._schema_ready:
+            synchronous = await self._prepare_schema()
+            if synchronous == "off":
+                options = f"{self._user_options} -c synchronous_commit=on".strip()
+                self._kwargs = kwargs = {**kwargs, "options": options}
+            self._schema_ready = True
+        pool = _Pool(
+            self.settings.conninfo,
+            kwargs=kwargs,
+            min_size=self.settings.pool_min,
+            max_size=self.settings.pool_max,
+            timeout=self.settings.pool_timeout,
+            name=f"tether-{self.settings.schema}",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=self.settings.pool_timeout)
+        except psycopg.OperationalError as exc:
+            await pool.close()
+            raise await self._unavailable(exc) from exc
+        except BaseException:
+            await pool.close()
+            raise
+        return pool
+
+    async def _prepare_schema(self) -> str:
+        """Create or migrate the schema; return the sessions' ``synchronous_commit``."""
+        s = self._schema_sql
+        key = int.from_bytes(
+            hashlib.blake2b(
+                f"tether-schema:{self.settings.schema}".encode(), digest_size=8
+            ).digest(),
+            "big",
+            signed=True,
+        )
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.settings.conninfo, **self._kwargs)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self._where}: {_reason(exc, self.url)}"
+            ) from exc
+        try:
+            async with conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                cur = await conn.execute(
+                    "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)",
+                    (self.settings.schema,),
+                )
+                exists = await cur.fetchone()
+                if not (exists and exists[0]):
+                    await conn.execute(f"CREATE SCHEMA {s}")
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {s}.{_VERSION_TABLE} ("
+                    " version integer PRIMARY KEY,"
+                    " migrated_at timestamptz NOT NULL DEFAULT now())"
+                )
+                cur = await conn.execute(
+                    f"SELECT coalesce(max(version), 0) FROM {s}.{_VERSION_TABLE}"
+                )
+                row = await cur.fetchone()
+                version = int(row[0]) if row else 0
+                if version > SCHEMA_VERSION:
+                    raise StoreUnavailable(
+                        f"schema {self.settings.schema!r} at {self._where} is at version"
+                        f" {version}, from a newer tether; this one knows up to"
+                        f" {SCHEMA_VERSION}"
+                    )
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target]:
+                        await conn.execute(statement.format(s=s))
+                    await conn.execute(
+                        f"INSERT INTO {s}.{_VERSION_TABLE} (version) VALUES (%s)", (target,)
+                    )
+                cur = await conn.execute("SELECT current_setting('synchronous_commit')")
+                setting = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot prepare schema {self.settings.schema!r} in PostgreSQL at"
+                f" {self._where}: {_reason(exc, self.url)}"
+            ) from exc
+        return str(setting[0]) if setting else "on"
+
+    async def _unavailable(self, exc: psycopg.OperationalError) -> StoreUnavailable:
+        reason = _reason(exc, self.url)
+        if isinstance(exc, PoolTimeout):
+            # The pool only says it waited; a connection of our own says why.
+            try:
+                probe = await psycopg.AsyncConnection.connect(
+                    self.settings.conninfo, **{**self._kwargs, "connect_timeout": 2}
+                )
+            except psycopg.Error as probe_exc:
+                reason = f"{reason}; connecting: {_reason(probe_exc, self.url)}"
+            else:
+                await probe.close()
+                reason = f"{reason} (all of pool_max={self.settings.pool_max} busy)"
+        return StoreUnavailable(f"PostgreSQL at {self._where} is unavailable: {reason}")
+
+    async def _one(self, query: str, params: Any) -> tuple[Any, ...] | None:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.getconn()
+            try:
+                cur = await conn.execute(query, params)
+                return await cur.fetchone()
+            finally:
+                await pool.putconn(conn)
+        except psycopg.OperationalError as exc:
+            raise await self._unavailable(exc) from exc
+
+    async def _all(self, query: str, params: Any) -> list[tuple[Any, ...]]:
+        pool = await self._get_pool()
+        try:
+            conn = await pool.getconn()
+            try:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+            finally:
+                await pool.putconn(conn)
+        except psycopg.OperationalError as exc:
+            raise await self._unavailable(exc) from exc
+
+    # -- the StateStore protocol ---------------------------------------------------------
+
+    async def create(self, record: UploadRecord) -> None:
+        row = await self._one(
+            self._sql_create,
+            (
+                record.id,
+                record.length,
+                record.offset,
+                metadata_to_json(record.metadata),
+                record.partial,
+                None if record.parts is None else list(record.parts),
+                record.created_at,
+                record.expires_at,
+                record.epoch,
+                record.tail,
+                record.tail_epoch,
+                segments_to_json(record.segments),
+                record.assembled,
+                record.last_client,
+                record.last_node,
+                record.client_switches,
+                record.node_switches,
+            ),
+        )
+        if row is None:
+            raise UploadExists(record.id)
+
+    async def get(self, upload_id: str) -> UploadRecord | None:
+        row = await self._one(self._sql_get, (upload_id,))
+        return None if row is None else _record(row)
+
+    async def acquire(self, upload_id: str, *, node: str, client: str | None) -> UploadRecord:
+        row = await self._one(self._sql_acquire, {"client": client, "node": node, "id": upload_id})
+        if row is None:
+            raise KeyError(upload_id)
+        return _record(row)
+
+    async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
+        check_commit(commit)
+        params: dict[str, Any] = {
+            "offset": commit.offset,
+            "segments": segments_to_json(commit.segments),
+            "length": commit.length,
+            "expires_at": commit.expires_at,
+            "id": upload_id,
+            "epoch": commit.epoch,
+            "expected": commit.expected_offset,
+        }
+        if commit.release:
+            params["tail"] = commit.release_tail
+        row = await self._one(
+            self._sql_commit_release if commit.release else self._sql_commit, params
+        )
+        if row is None:
+            raise StaleLease(upload_id)
+        return _record(row)
+
+    async def mark_assembled(self, upload_id: str) -> None:
+        await self._one(self._sql_mark_assembled, (upload_id,))
+
+    async def delete(self, upload_id: str) -> bool:
+        return await self._one(self._sql_delete, (upload_id,)) is not None
+
+    async def expire(self, upload_id: str, now: float) -> bool:
+        return await self._one(self._sql_expire, (upload_id, now)) is not None
+
+    async def expired(self, now: float, limit: int) -> list[str]:
+        return [row[0] for row in await self._all(self._sql_expired, (now, limit))]
+
+    async def check(self) -> None:
+        await self._one("SELECT 1", ())
+
+    async def close(self) -> None:
+        if self._pool is not None and self._loop is asyncio.get_running_loop():
+            pool, self._pool = self._pool, None
+            await pool.close()
+        else:
+            await self._leave_loop()
+        self._closed = True
+
+
+def open_from_url(url: str, *, durable: bool = False) -> PostgresStateStore:
+    return PostgresStateStore(url, durable=durable)

@@ -1,0 +1,272 @@
+"""What the PostgreSQL state store promises beyond the shared contract: its URL, its schema,
+its errors, and its pools' lives across event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.contract.postgres_backend import SERVER_URL, SKIP_REASON, fresh_schema_url
+from tether.backends import BackendError, open_state
+from tether.state.base import StoreUnavailable, UploadRecord
+from tether.state.postgres import PostgresStateStore, parse_url
+
+needs_server = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> str:
+    if SKIP_REASON is not None:
+        pytest.skip(SKIP_REASON)
+    return fresh_schema_url(tmp_path)
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    if SKIP_REASON is not None:
+        pytest.skip(SKIP_REASON)
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        yield conn
+
+
+def schema_of(url: str) -> str:
+    return parse_url(url).schema
+
+
+# -- the URL -----------------------------------------------------------------------------
+
+
+def test_tether_parameters_are_taken_out_and_libpq_ones_passed_on_as_written() -> None:
+    settings = parse_url(
+        "postgres://u:p%2Bq@db.example:6432/tether?sslmode=require&schema=up_loads"
+        "&options=-c+statement_timeout%3D5000&pool_min=0&pool_max=3&pool_timeout=2.5"
+    )
+    assert settings.conninfo == (
+        "postgres://u:p%2Bq@db.example:6432/tether?sslmode=require"
+        "&options=-c+statement_timeout%3D5000"
+    )
+    assert (settings.schema, settings.pool_min, settings.pool_max) == ("up_loads", 0, 3)
+    assert settings.pool_timeout == 2.5
+
+
+def test_defaults() -> None:
+    settings = parse_url("postgresql://localhost/db")
+    assert settings == type(settings)("postgresql://localhost/db", "public", 1, 10, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("pool_size=3", "unknown query parameter 'pool_size'"),
+        ("schema=a&schema=b", "given twice"),
+        ("schema", "malformed"),
+        ("schema=Uploads", "lower-case"),
+        ("schema=pg_tether", "pg_"),
+        ("schema=a;drop", "lower-case"),
+        ("schema=", "lower-case"),
+        ("pool_min=-1", "whole number"),
+        ("pool_max=0", "pool_max"),
+        ("pool_min=5&pool_max=2", "pool_max"),
+        ("pool_timeout=0", "pool_timeout"),
+        ("pool_timeout=nan", "pool_timeout"),
+        ("pool_timeout=soon", "pool_timeout"),
+    ],
+)
+def test_bad_urls_are_refused_without_showing_the_password(query: str, complaint: str) -> None:
+    with pytest.raises(BackendError, match=complaint) as info:
+        open_state(f"postgresql://tether:s3cret@db.example/tether?{query}")
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://tether:s3cret%zz@db.example/tether",
+        "postgresql://tether@db.example/tether?password=s3cret%zz",
+    ],
+)
+def test_a_password_libpq_cannot_parse_is_not_echoed(url: str) -> None:
+    with pytest.raises(BackendError) as info:
+        open_state(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_repr_hides_every_secret() -> None:
+    store = open_state(
+        "postgresql://tether:s3cret@db.example/tether?sslpassword=k3y&schema=up&password=pw2"
+    )
+    shown = repr(store)
+    assert "db.example" in shown and "schema=up" in shown
+    assert not any(secret in shown for secret in ("s3cret", "k3y", "pw2"))
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+async def test_an_unreachable_server_is_unavailable_naming_the_host_not_the_password() -> None:
+    store = open_state("postgresql://tether:s3cret@127.0.0.1:1/tether?pool_timeout=1")
+    with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:1") as info:
+        await store.check()
+    assert "s3cret" not in str(info.value)
+    await store.close()
+
+
+@needs_server
+async def test_a_lost_connection_is_unavailable_once_then_replaced(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    name = f"tether-test-{secrets.token_hex(4)}"
+    store = open_state(f"{pg_url}&application_name={name}&pool_max=1")
+    record = UploadRecord(id="u", length=10, created_at=1.0)
+    await store.create(record)
+    killed = admin.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+        (name,),
+    ).fetchone()
+    assert killed == (1,)
+    with pytest.raises(StoreUnavailable, match="is unavailable"):
+        await store.get("u")
+    assert await store.get("u") == record
+    await store.close()
+
+
+@needs_server
+async def test_a_pool_with_no_free_connection_says_so(pg_url: str) -> None:
+    store = open_state(f"{pg_url}&pool_max=1&pool_timeout=0.2")
+    assert isinstance(store, PostgresStateStore)
+    await store.check()
+    pool = await store._get_pool()
+    held = await pool.getconn()
+    try:
+        with pytest.raises(StoreUnavailable, match="all of pool_max=1 busy"):
+            await store.check()
+    finally:
+        await pool.putconn(held)
+    await store.check()
+    await store.close()
+
+
+@needs_server
+async def test_a_closed_store_is_unavailable(pg_url: str) -> None:
+    store = open_state(pg_url)
+    await store.check()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.check()
+
+
+# -- the schema --------------------------------------------------------------------------
+
+
+@needs_server
+async def test_handles_starting_together_create_the_schema_once(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    stores = [open_state(pg_url) for _ in range(6)]
+    await asyncio.gather(*(s.check() for s in stores))
+    schema = schema_of(pg_url)
+    rows = admin.execute(f'SELECT version FROM "{schema}".tether_schema_version').fetchall()
+    assert rows == [(1,)]
+    indexes = admin.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s ORDER BY 1", (schema,)
+    ).fetchall()
+    assert ("uploads_expiry",) in indexes
+    for store in stores:
+        await store.close()
+
+
+@needs_server
+async def test_a_schema_from_a_newer_tether_is_refused(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    first = open_state(pg_url)
+    await first.check()
+    await first.close()
+    admin.execute(f'INSERT INTO "{schema_of(pg_url)}".tether_schema_version VALUES (99)')
+    second = open_state(pg_url)
+    with pytest.raises(StoreUnavailable, match="newer tether"):
+        await second.check()
+    await second.close()
+
+
+@needs_server
+async def test_expired_reads_the_expiry_index(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    store = open_state(pg_url)
+    assert isinstance(store, PostgresStateStore)
+    await store.check()
+    with admin.transaction():
+        admin.execute("SET LOCAL enable_seqscan = off")
+        plan = admin.execute(
+            "EXPLAIN " + store._sql_expired.replace("%s", "1000", 1).replace("%s", "10")
+        ).fetchall()
+    assert "uploads_expiry" in " ".join(str(row[0]) for row in plan)
+    await store.close()
+
+
+@needs_server
+async def test_synchronous_commit_is_never_off(pg_url: str) -> None:
+    # A session default of off (as ALTER ROLE … SET would give) is turned back on.
+    store = open_state(f"{pg_url}&options=-c%20synchronous_commit%3Doff")
+    assert isinstance(store, PostgresStateStore)
+    await store.check()
+    pool = await store._get_pool()
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
+    assert row == ("on",)
+    await store.close()
+
+
+# -- event loops -------------------------------------------------------------------------
+
+
+def run_in_thread(target: object, timeout: float) -> None:
+    """Run ``target`` on a daemon thread; fail if it is still running after ``timeout``."""
+    failures: list[BaseException] = []
+
+    def wrap() -> None:
+        try:
+            target()  # type: ignore[operator]
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=wrap, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still running after {timeout} s"
+    assert failures == []
+
+
+@needs_server
+def test_a_loop_may_end_while_its_pool_is_still_connecting(pg_url: str) -> None:
+    """``asyncio.run`` returns as soon as one of many requests is served, while the pool
+    is still growing for the others; the next loop gets a pool of its own."""
+    store = open_state(f"{pg_url}&pool_min=0&pool_max=8")
+
+    async def burst() -> None:
+        tasks = [asyncio.ensure_future(store.check()) for _ in range(8)]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    def run() -> None:
+        for _ in range(5):
+            asyncio.run(burst())
+        asyncio.run(store.close())
+
+    run_in_thread(run, timeout=30)
+
+
+@needs_server
+async def test_one_handle_on_two_live_loops_is_refused(pg_url: str) -> None:
+    store = open_state(pg_url)
+    await store.check()
+    with pytest.raises(RuntimeError, match="one handle per event loop"):
+        await asyncio.to_thread(asyncio.run, store.check())
+    await store.check()
+    await store.close()
