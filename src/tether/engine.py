@@ -338,7 +338,9 @@ class UploadService:
         if tail is not None:
             name, position = tail.name, tail.start + tail.length
         else:
-            name, position = f"e{record.epoch}", 0
+            # Unique even if a state store ever handed out an epoch twice (a database
+            # crash that lost recent commits): two writers must never share a segment.
+            name, position = f"e{record.epoch}-{secrets.token_hex(4)}", 0
         hasher = new_hasher(checksum.algorithm) if checksum is not None else None
         limit = length if length is not None else self.config.max_size
         interval = self.config.commit_interval

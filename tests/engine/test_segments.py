@@ -69,7 +69,7 @@ async def test_creation_with_upload_continues_its_segment(stack: Stack) -> None:
     assert outcome.record.offset == 100 * KiB
     record = await append(engine, outcome.record.id, 100 * KiB, source[100 * KiB :])
     assert record.complete
-    assert [s.name for s in record.segments] == ["e1"]
+    assert [s.name.split("-")[0] for s in record.segments] == ["e1"]
     assert await final_bytes(engine, record.id) == source
 
 
@@ -89,7 +89,7 @@ async def test_after_a_takeover_there_are_several_segments(stack: Stack) -> None
     with pytest.raises(UploadError):
         await task
     # e2 (continued by the hung request), then the new lease's segment, continued once more.
-    assert [s.name for s in record.segments] == ["e2", "e4"]
+    assert [s.name.split("-")[0] for s in record.segments] == ["e2", "e4"]
     assert [s.length for s in record.segments] == [at, len(source) - at]
     assert await final_bytes(second, upload.id) == source
 
