@@ -62,3 +62,18 @@ def test_unusable_settings_exit_2_with_a_message(
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://h/db?password=abc&schema=x", "postgresql://h/db?password=***&schema=x"),
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("sqlite:///./x.db", "sqlite:///./x.db"),
+    ],
+)
+def test_urls_are_redacted(url: str, shown: str) -> None:
+    from tether.backends import redact
+
+    assert redact(url) == shown

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,14 +34,22 @@ STORAGE_BACKENDS = {
 }
 
 
+_SECRET_PARAMS = re.compile(
+    r"(?i)((?:^|&)(?:password|passwd|pass|secret|token|access_key|secret_key)=)[^&]*"
+)
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs and reprs."""
+    """The URL with any password (in the user part or the query) replaced, for logs and
+    reprs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    query = _SECRET_PARAMS.sub(r"\1***", parts.query)
+    if parts.password is None and query == parts.query:
+        return url  # unsplit would also rewrite harmless forms like sqlite:///./x.db
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    return urlunsplit(parts._replace(query=query))
 
 
 def _load(table: dict[str, str], url: str, kind: str) -> Any:
