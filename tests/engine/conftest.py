@@ -5,12 +5,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.contract import backends
 from tests.contract.backends import FILE_BYTES, MEMORY_BYTES, MEMORY_STATE, SQLITE_STATE
 from tests.engine.support import Stack, open_stack
 
 STACKS = [
     pytest.param((MEMORY_STATE, MEMORY_BYTES), id="memory"),
     pytest.param((SQLITE_STATE, FILE_BYTES), id="sqlite-file"),
+    # The cluster state stores, over real connections (skipped, saying why, without them).
+    *(
+        pytest.param((param.values[0], FILE_BYTES), id=f"{param.id}-file", marks=param.marks)
+        for param in (*backends.postgres_backend.PARAMS, *backends.redis_backend.PARAMS)
+    ),
 ]
 
 
