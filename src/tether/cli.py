@@ -197,8 +197,6 @@ def _serve(args: argparse.Namespace) -> int:
             allow_download=not args.no_download,
             body_idle_timeout=args.body_timeout,
             commit_interval=interval,
-            log_level=args.log_level,
-            log_format=args.log_format,
             access_log=not args.no_access_log,
             **kwargs,
         )

@@ -30,7 +30,6 @@ class BodyReader(Interruptible):
         "_task",
         "_timer",
         "_waiting",
-        "disconnected",
     )
 
     def __init__(self, receive: Receive, idle_timeout: float) -> None:
@@ -43,7 +42,6 @@ class BodyReader(Interruptible):
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
         self._waiting = False
-        self.disconnected = False
 
     def __aiter__(self) -> BodyReader:
         return self
@@ -88,7 +86,6 @@ class BodyReader(Interruptible):
                 self._waiting = False
             self._last = self._loop.time()
             if message["type"] == "http.disconnect":
-                self.disconnected = True
                 self._finish()
                 raise BodyInterrupted(UploadError(400, "client disconnected mid-body"))
             if not message.get("more_body", False):

@@ -24,8 +24,6 @@ class ServerConfig:
     commit_interval: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 8192
     graceful_timeout: float = 30.0
-    log_level: str = "info"
-    log_format: str = "json"  # "json" | "text"
     access_log: bool = True
 
     def __post_init__(self) -> None:

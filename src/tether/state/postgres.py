@@ -67,11 +67,10 @@ from tether.state.base import (
     UploadExists,
     UploadRecord,
     check_commit,
-    metadata_from_json,
-    metadata_to_json,
-    segments_from_json,
     segments_to_json,
 )
+from tether.state.rows import COLUMN_COUNT, from_row, to_row
+from tether.state.rows import COLUMNS as _COLUMNS
 
 SCHEMA_VERSION: Final = 1
 
@@ -109,10 +108,6 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
 }
 
-_COLUMNS = (
-    "id, length, received, metadata, partial, parts, created_at, expires_at, epoch, tail, "
-    "tail_epoch, segments, assembled, last_client, last_node, client_switches, node_switches"
-)
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SECRET_PARAMS = frozenset(
@@ -280,26 +275,7 @@ async def _abandon(pool: _Pool) -> None:
 
 
 def _record(row: tuple[Any, ...]) -> UploadRecord:
-    parts = row[5]
-    return UploadRecord(
-        id=row[0],
-        length=row[1],
-        offset=row[2],
-        metadata=metadata_from_json(row[3]),
-        partial=row[4],
-        parts=None if parts is None else tuple(parts),
-        created_at=row[6],
-        expires_at=row[7],
-        epoch=row[8],
-        tail=row[9],
-        tail_epoch=row[10],
-        segments=segments_from_json(row[11]),
-        assembled=row[12],
-        last_client=row[13],
-        last_node=row[14],
-        client_switches=row[15],
-        node_switches=row[16],
-    )
+    return from_row(row, tuple)
 
 
 class PostgresStateStore:
@@ -323,7 +299,7 @@ class PostgresStateStore:
         self._schema_sql = s
         returning = f" RETURNING {_COLUMNS}"
         self._sql_create = (
-            f"INSERT INTO {t} ({_COLUMNS}) VALUES ({', '.join(['%s'] * 17)})"
+            f"INSERT INTO {t} ({_COLUMNS}) VALUES ({', '.join(['%s'] * COLUMN_COUNT)})"
             " ON CONFLICT (id) DO NOTHING RETURNING id"
         )
         self._sql_get = f"SELECT {_COLUMNS} FROM {t} WHERE id = %s"
@@ -516,25 +492,7 @@ class PostgresStateStore:
     async def create(self, record: UploadRecord) -> None:
         row = await self._one(
             self._sql_create,
-            (
-                record.id,
-                record.length,
-                record.offset,
-                metadata_to_json(record.metadata),
-                record.partial,
-                None if record.parts is None else list(record.parts),
-                record.created_at,
-                record.expires_at,
-                record.epoch,
-                record.tail,
-                record.tail_epoch,
-                segments_to_json(record.segments),
-                record.assembled,
-                record.last_client,
-                record.last_node,
-                record.client_switches,
-                record.node_switches,
-            ),
+            to_row(record, list),
         )
         if row is None:
             raise UploadExists(record.id)

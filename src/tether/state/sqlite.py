@@ -19,11 +19,10 @@ from tether.state.base import (
     UploadExists,
     UploadRecord,
     check_commit,
-    metadata_from_json,
-    metadata_to_json,
-    segments_from_json,
     segments_to_json,
 )
+from tether.state.rows import COLUMN_COUNT, from_row, to_row
+from tether.state.rows import COLUMNS as _COLUMNS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS uploads (
@@ -50,33 +49,17 @@ CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (expires_at)
 PRAGMA user_version = 1;
 """
 
-_COLUMNS = (
-    "id, length, received, metadata, partial, parts, created_at, expires_at, epoch, tail, "
-    "tail_epoch, segments, assembled, last_client, last_node, client_switches, node_switches"
-)
+
+def _encode_parts(parts: tuple[str, ...]) -> str:
+    return " ".join(parts)
+
+
+def _decode_parts(text: str) -> tuple[str, ...]:
+    return tuple(text.split(" ")) if text else ()
 
 
 def _record(row: tuple[Any, ...]) -> UploadRecord:
-    parts = row[5]
-    return UploadRecord(
-        id=row[0],
-        length=row[1],
-        offset=row[2],
-        metadata=metadata_from_json(row[3]),
-        partial=bool(row[4]),
-        parts=None if parts is None else tuple(parts.split(" ")) if parts else (),
-        created_at=row[6],
-        expires_at=row[7],
-        epoch=row[8],
-        tail=row[9],
-        tail_epoch=row[10],
-        segments=segments_from_json(row[11]),
-        assembled=bool(row[12]),
-        last_client=row[13],
-        last_node=row[14],
-        client_switches=row[15],
-        node_switches=row[16],
-    )
+    return from_row(row, _decode_parts)
 
 
 class SqliteStateStore:
@@ -109,26 +92,8 @@ class SqliteStateStore:
     async def create(self, record: UploadRecord) -> None:
         try:
             self._db.execute(
-                f"INSERT INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",
-                (
-                    record.id,
-                    record.length,
-                    record.offset,
-                    metadata_to_json(record.metadata),
-                    int(record.partial),
-                    None if record.parts is None else " ".join(record.parts),
-                    record.created_at,
-                    record.expires_at,
-                    record.epoch,
-                    record.tail,
-                    record.tail_epoch,
-                    segments_to_json(record.segments),
-                    int(record.assembled),
-                    record.last_client,
-                    record.last_node,
-                    record.client_switches,
-                    record.node_switches,
-                ),
+                f"INSERT INTO uploads ({_COLUMNS}) VALUES ({', '.join('?' * COLUMN_COUNT)})",
+                to_row(record, _encode_parts),
             )
         except sqlite3.IntegrityError as exc:
             raise UploadExists(record.id) from exc
