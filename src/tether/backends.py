@@ -31,6 +31,7 @@ STATE_BACKENDS = {
 STORAGE_BACKENDS = {
     "file": "tether.storage.filesystem:open_from_url",
     "memory": "tether.storage.memory:open_from_url",
+    "s3": "tether.storage.s3:open_from_url",
 }
 
 
@@ -72,9 +73,11 @@ def open_state(url: str, *, durable: bool = False) -> StateStore:
     return store
 
 
-def open_storage(url: str) -> ByteStore:
+def open_storage(url: str, *, max_size: int | None = None) -> ByteStore:
+    """``max_size``: the largest upload the server will accept, for stores that size
+    their parts by it (S3)."""
     opener = _load(STORAGE_BACKENDS, url, "storage")
-    store: ByteStore = opener(url)
+    store: ByteStore = opener(url, max_size=max_size)
     return store
 
 

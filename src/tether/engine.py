@@ -343,7 +343,7 @@ class UploadService:
             name, position = f"e{record.epoch}-{secrets.token_hex(4)}", 0
         hasher = new_hasher(checksum.algorithm) if checksum is not None else None
         limit = length if length is not None else self.config.max_size
-        interval = self.config.commit_interval
+        interval = self.storage.commit_interval or self.config.commit_interval
         durable = self.config.durable
         writer = None
         start_offset = record.offset
@@ -353,7 +353,7 @@ class UploadService:
             self.register(upload_id, request)
 
         async def commit(*, release: bool, final_length: int | None) -> UploadRecord:
-            nonlocal record, committed, written
+            nonlocal record, committed, written, writer
             if writer is not None and written > committed:
                 try:
                     await writer.flush(durable)
@@ -361,6 +361,16 @@ class UploadService:
                     # Unflushed bytes are never acknowledged: they may be lost already.
                     written = committed
                     raise
+            tail: str | None = name
+            if release and writer is not None:
+                # Closed before the lease is given back: the next holder may continue this
+                # segment at once, and nothing of this writer may still be on its way.
+                closing, writer = writer, None
+                try:
+                    await closing.close()
+                except StorageError as exc:
+                    log.warning("segment %s of %s not continuable: %s", name, upload_id, exc)
+                    tail = None
             segments = extend(record.segments, name, position + committed, written - committed)
             new = Commit(
                 epoch=record.epoch,
@@ -370,7 +380,7 @@ class UploadService:
                 length=final_length,
                 expires_at=self._expires(),
                 release=release,
-                release_tail=name if release else None,
+                release_tail=tail if release else None,
             )
             try:
                 record = await self.state.commit(upload_id, new)
@@ -390,12 +400,30 @@ class UploadService:
                         break
                     if writer is None:
                         writer = await self._open_segment(record, name, position)
-                    await writer.write(chunk)
-                    written += n
                     if hasher is not None:
+                        await writer.write(chunk)
+                        written += n
                         hasher.update(chunk)
-                    elif written - committed >= interval:
+                        continue
+                    # Commit each time the segment crosses a multiple of the interval, not
+                    # every interval bytes of this request: a store that stores whole parts
+                    # (S3) then commits exactly at its part boundaries, with nothing left
+                    # over to store as a separate piece.
+                    room = interval - (position + written) % interval
+                    if n < room:
+                        await writer.write(chunk)
+                        written += n
+                        continue
+                    view = memoryview(chunk)
+                    while len(view) >= room:
+                        await writer.write(view[:room])
+                        written += room
+                        view = view[room:]
                         await commit(release=False, final_length=length)
+                        room = interval
+                    if view:
+                        await writer.write(view)
+                        written += len(view)
             except BodyInterrupted as exc:
                 failure = exc.error
             except StorageError as exc:
@@ -428,7 +456,10 @@ class UploadService:
                 record = await commit(release=True, final_length=length)
         finally:
             if writer is not None:
-                await writer.close()
+                try:
+                    await writer.close()
+                except StorageError as exc:
+                    log.warning("closing segment %s of %s: %s", name, upload_id, exc)
             if request is not None:
                 self.unregister(upload_id, request)
         if failure is not None:
@@ -440,7 +471,9 @@ class UploadService:
 
     async def _open_segment(self, record: UploadRecord, name: str, position: int) -> SegmentWriter:
         try:
-            return await self.storage.open_segment(record.id, name, position)
+            return await self.storage.open_segment(
+                record.id, name, position, origin=record.offset - position
+            )
         except ObjectMissing:
             # The segment is gone because the upload moved on without this request
             # (assembled or deleted by a newer lease holder): this request is stale.

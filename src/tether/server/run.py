@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from types import FrameType
@@ -21,7 +22,18 @@ log = logging.getLogger("tether.server")
 def build_app(config: ServerConfig) -> TetherApp:
     durable = config.durability == "machine"
     state = open_state(config.state_url, durable=durable)
-    storage = open_storage(config.storage_url)
+    storage = open_storage(config.storage_url, max_size=config.max_size)
+    if storage.max_upload_size is not None and (
+        config.max_size is None or config.max_size > storage.max_upload_size
+    ):
+        # Advertised in Tus-Max-Size, so clients learn the store's limit before uploading.
+        if config.max_size is not None:
+            log.warning(
+                "--max-size lowered to %d, the most %s can hold",
+                storage.max_upload_size,
+                redact(config.storage_url),
+            )
+        config = dataclasses.replace(config, max_size=storage.max_upload_size)
     engine = EngineConfig(
         node_id=config.node_id,
         max_size=config.max_size,

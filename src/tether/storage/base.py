@@ -46,18 +46,33 @@ class Piece:
 
 
 class SegmentWriter(Protocol):
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         """Append ``data``; raises ``StorageFull`` when the device is full."""
 
     async def flush(self, durable: bool) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the writer once nothing it started is still on its way to the store.
+        Raises ``StorageError`` when that cannot be known (a write whose outcome is
+        unknown): the engine then lets nobody continue the segment."""
 
 
 class ByteStore(Protocol):
-    async def open_segment(self, upload_id: str, segment: str, start: int) -> SegmentWriter:
+    commit_interval: int | None
+    """Bytes between commits while a body streams (commits fall on segment positions that
+    are multiples of it), or None for the engine's setting. A store that keeps data in
+    fixed-size parts names its part size, so every mid-stream commit flushes whole parts."""
+
+    max_upload_size: int | None
+    """The largest upload the store can hold, or None for no limit of its own."""
+
+    async def open_segment(
+        self, upload_id: str, segment: str, start: int, *, origin: int | None = None
+    ) -> SegmentWriter:
         """Open ``segment`` for appending at ``start`` (its committed length), discarding
-        anything past it."""
+        anything past it. ``origin`` is the upload offset of the segment's first byte
+        (None: not known); a store may place a segment that starts the upload where the
+        final object goes, so that an upload nobody took over needs no copy."""
 
     async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
         """Make the final object of ``upload_id`` from ``pieces``, durably. Idempotent."""

@@ -13,7 +13,7 @@ class _MemoryWriter:
     def __init__(self, buffer: bytearray) -> None:
         self._buffer = buffer
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | memoryview) -> None:
         self._buffer += data
 
     async def flush(self, durable: bool) -> None:
@@ -24,13 +24,18 @@ class _MemoryWriter:
 
 
 class MemoryByteStore:
+    commit_interval = None
+    max_upload_size = None
+
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], bytearray] = {}
 
     def __repr__(self) -> str:
         return "MemoryByteStore()"
 
-    async def open_segment(self, upload_id: str, segment: str, start: int) -> _MemoryWriter:
+    async def open_segment(
+        self, upload_id: str, segment: str, start: int, *, origin: int | None = None
+    ) -> _MemoryWriter:
         if (upload_id, _FINAL) in self.objects:
             raise ObjectMissing(f"{upload_id} is assembled; segment {segment} is not needed")
         buffer = self.objects.get((upload_id, segment))
@@ -75,5 +80,5 @@ class MemoryByteStore:
         return None
 
 
-def open_from_url(url: str) -> MemoryByteStore:
+def open_from_url(url: str, *, max_size: int | None = None) -> MemoryByteStore:
     return MemoryByteStore()
