@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rgw import s3_gateway
 from tests.support.server import ServerProcess
+
+__all__ = ["s3_gateway"]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -40,6 +40,15 @@ class Backend(Generic[Store]):
     one_instance: bool = False
     """Each ``factory`` call makes an unrelated store (``memory://``): handles of one test
     then share a single instance, which is only safe on one event loop thread."""
+    service: str | None = None
+    """A session fixture the store runs on (``s3_gateway``); ``url_on`` then names a fresh
+    store on it instead of ``url``."""
+    url_on: Callable[[Any, Path], str] | None = None
+
+    def fresh_url(self, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        if self.service is None or self.url_on is None:
+            return self.url(tmp_path)
+        return self.url_on(request.getfixturevalue(self.service), tmp_path)
 
     @property
     def threadsafe(self) -> bool:
@@ -93,7 +102,17 @@ STATE_BACKENDS = [
     *redis_backend.PARAMS,
 ]
 
+S3_BYTES = ByteBackend(
+    "s3",
+    url=lambda tmp: "",
+    factory=open_storage,
+    service="s3_gateway",
+    # One bucket per test, under a prefix, as a deployment would use it.
+    url_on=lambda s3, tmp: s3.url(s3.new_bucket(), "uploads"),
+)
+
 BYTE_BACKENDS = [
     pytest.param(MEMORY_BYTES, id="memory"),
     pytest.param(FILE_BYTES, id="filesystem"),
+    pytest.param(S3_BYTES, id="s3", marks=pytest.mark.s3),
 ]

@@ -31,6 +31,6 @@ async def byte_stores(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Handles[ByteStore]]:
     backend: ByteBackend = request.param
-    handles = Handles(backend, backend.url(tmp_path))
+    handles = Handles(backend, backend.fresh_url(request, tmp_path))
     yield handles
     await handles.aclose()

@@ -1,9 +1,9 @@
 """The churn test: three ``tether serve`` nodes share one state store (PostgreSQL or Redis)
-and one byte-store directory, while several clients upload at once and every chunk goes to
-a randomly chosen node, often from another source address, sometimes racing a stalled
-request of its own (a concurrent takeover), and one node is killed with SIGKILL and later
-restarted on the same port. Every upload must finish byte-for-byte, and no offset a server
-acknowledged may ever go back.
+and one byte store (a directory, or an S3 bucket on a local Ceph RGW), while several
+clients upload at once and every chunk goes to a randomly chosen node, often from another
+source address, sometimes racing a stalled request of its own (a concurrent takeover), and
+one node is killed with SIGKILL and later restarted on the same port. Every upload must
+finish byte-for-byte, and no offset a server acknowledged may ever go back.
 
 Knobs (environment): ``TETHER_CHURN_UPLOADS`` (how many uploads; the issue's full figure is
 200), ``TETHER_CHURN_SEED``, ``TETHER_CHURN_TIMEOUT`` (seconds for the whole run).
@@ -13,6 +13,7 @@ Knobs (environment): ``TETHER_CHURN_UPLOADS`` (how many uploads; the issue's ful
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import random
@@ -21,7 +22,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import pytest
 
 from tests.support import churn
 from tests.support.churn import MiB, Source
+from tests.support.rgw import S3Service
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +52,15 @@ NODES = 3
 # -- state stores --------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["postgresql", "redis"])
-def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_state(kind: str) -> Iterator[str]:
     """A fresh schema (PostgreSQL) or key prefix (Redis), removed afterwards; skipped, with
     the reason, when the server cannot be reached."""
     # tests.contract.backends imports the two backend modules itself; importing either of
     # them first would be a circular import.
     import tests.contract.backends  # noqa: F401
 
-    if request.param == "postgresql":
+    if kind == "postgresql":
         from tests.contract import postgres_backend as pg
 
         if pg.SKIP_REASON is not None:
@@ -89,6 +91,80 @@ def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
             rb.delete_keys([prefix])
 
 
+# -- byte stores ---------------------------------------------------------------------------
+
+
+@dataclass
+class Bytes:
+    """The nodes' shared byte store, and how the test reads an upload's bytes back."""
+
+    url: str
+    sha256: Callable[[str], str]  # upload id -> sha256 of its stored bytes, or "missing"
+    leftovers: Callable[[str], int]  # upload id -> pieces other than the final object
+    cleanup: Callable[[], None]
+
+
+def shared_directory(root: Path) -> Bytes:
+    def sha256(upload_id: str) -> str:
+        stored = root / upload_id / "data"
+        return churn.file_sha256(stored) if stored.exists() else "missing"
+
+    def leftovers(upload_id: str) -> int:
+        return len(list((root / upload_id).glob("*.seg")))
+
+    return Bytes(f"file://{root}", sha256, leftovers, lambda: shutil.rmtree(root, True))
+
+
+def s3_bucket(s3: S3Service) -> Bytes:
+    bucket, prefix = s3.new_bucket(), "churn/"
+    client = s3.client()
+
+    def sha256(upload_id: str) -> str:
+        try:
+            body = client.get_object(Bucket=bucket, Key=prefix + upload_id)["Body"]
+        except client.exceptions.NoSuchKey:
+            return "missing"
+        digest = hashlib.sha256()
+        with contextlib.closing(body):
+            for chunk in body.iter_chunks(MiB):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def leftovers(upload_id: str) -> int:
+        area = f"{prefix}segments/{upload_id}/"
+        objects = client.list_objects_v2(Bucket=bucket, Prefix=area).get("Contents", [])
+        return len(objects) + sum(
+            len(client.list_multipart_uploads(Bucket=bucket, Prefix=p).get("Uploads", []))
+            for p in (area, prefix + upload_id)
+        )
+
+    def cleanup() -> None:
+        # The gateway keeps objects in RAM: give it back for the tests after this one.
+        with contextlib.closing(client):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+    return Bytes(s3.url(bucket, prefix.rstrip("/")), sha256, leftovers, cleanup)
+
+
+# PostgreSQL and Redis state on a shared directory, and PostgreSQL state on S3.
+SETUPS = [("postgresql", "file"), ("redis", "file"), ("postgresql", "s3")]
+
+
+@pytest.fixture(params=SETUPS, ids=[f"{a}-{b}" for a, b in SETUPS])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Bytes]]:
+    state, storage = request.param
+    if storage == "s3":
+        request.applymarker(pytest.mark.s3)
+        shared = s3_bucket(request.getfixturevalue("s3_gateway"))
+    else:
+        shared = shared_directory(tmp_path / "bytes")
+    with fresh_state(state) as state_url:
+        yield state_url, shared
+
+
 # -- the cluster ---------------------------------------------------------------------------
 
 
@@ -96,14 +172,13 @@ class Cluster:
     """Three nodes, and the clients' view of which are up (it lags a kill on purpose, so
     some requests meet a dead port)."""
 
-    def __init__(self, root: Path, state_url: str) -> None:
-        self.bytes_dir = root / "bytes"
+    def __init__(self, root: Path, state_url: str, storage_url: str) -> None:
         self.procs = [
             ServerProcess(
                 root / f"n{i + 1}",
                 node_id=f"n{i + 1}",
                 state_url=state_url,
-                storage_url=f"file://{self.bytes_dir}",
+                storage_url=storage_url,
             )
             for i in range(NODES)
         ]
@@ -480,10 +555,11 @@ def heads_after_kill(upload: Upload, since: float) -> tuple[int, list[str]]:
     return checked, problems
 
 
-def test_churn(state_url: str, tmp_path: Path) -> None:
-    backend = state_url.split(":", 1)[0]
+def test_churn(stores: tuple[str, Bytes], tmp_path: Path) -> None:
+    state_url, shared = stores
+    backend = f"{state_url.split(':', 1)[0]}+{shared.url.split(':', 1)[0]}"
     started = time.monotonic()
-    cluster = Cluster(tmp_path, state_url)
+    cluster = Cluster(tmp_path, state_url, shared.url)
     uploads = plan(UPLOADS, SEED)
     run = Run(cluster, uploads, started + TIMEOUT)
     threads: list[threading.Thread] = []
@@ -549,12 +625,11 @@ def test_churn(state_url: str, tmp_path: Path) -> None:
                         f"upload {upload.id}: HEAD on n{node + 1} after the run: "
                         f"{response.status} {response.headers}"
                     )
-            stored = cluster.bytes_dir / upload.id / "data"
-            digest = churn.file_sha256(stored) if stored.exists() else "missing"
+            digest = shared.sha256(upload.id)
             if digest != upload.digest:
-                problems.append(f"upload {upload.id}: {stored} sha256 {digest} != source")
+                problems.append(f"upload {upload.id}: stored sha256 {digest} != source")
             disk_checked += 1
-            leftover_segments += len(list(stored.parent.glob("*.seg")))
+            leftover_segments += shared.leftovers(upload.id)
 
         logs = cluster.logs()
         from_logs = churn.switch_totals(logs)
@@ -590,7 +665,7 @@ def test_churn(state_url: str, tmp_path: Path) -> None:
             "victim_patches_after_restart": victim_patches,
             "acks": sum(len(u.acks) for u in uploads),
             "heads_checked_after_kill": heads_checked,
-            "files_checked_on_disk": disk_checked,
+            "files_checked_in_store": disk_checked,
             "leftover_segments": leftover_segments,
             "server_log_node_switches": from_logs["node_switches"],
             "server_log_client_switches": from_logs["client_switches"],
@@ -615,4 +690,4 @@ def test_churn(state_url: str, tmp_path: Path) -> None:
             thread.join(5)
     # Gigabytes: pytest keeps the last runs' tmp_path; keep the bytes only of a failure.
     if passed:
-        shutil.rmtree(cluster.bytes_dir, ignore_errors=True)
+        shared.cleanup()

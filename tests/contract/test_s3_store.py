@@ -1,0 +1,233 @@
+"""What only the S3 store can show: the part arithmetic, completion in place, and the
+multipart uploads it leaves behind (none). The shared contract runs in test_byte_stores.py.
+
+Parts here are 5 MiB, the smallest S3 allows, so multi-part uploads stay small."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.contract.byte_contract import assert_final, pattern
+from tests.support.rgw import S3Service
+from tether.backends import BackendError, open_storage
+from tether.storage.base import ObjectMissing, Piece, StorageError
+from tether.storage.s3 import (
+    MAX_PART,
+    WRITER_PARTS,
+    Range,
+    S3ByteStore,
+    _S3Writer,
+    part_size_for,
+    plan_parts,
+)
+
+MiB = 1024 * 1024
+PART = 5 * MiB
+
+
+# -- the plan, without a server ------------------------------------------------------------
+
+
+def _cover(parts: list[Any]) -> list[tuple[str, int, int]]:
+    """The bytes the parts copy, in order, with adjacent ranges of one key merged."""
+    out: list[tuple[str, int, int]] = []
+    for part in parts:
+        for r in part.ranges:
+            if out and out[-1][0] == r.key and out[-1][1] + out[-1][2] == r.start:
+                out[-1] = (r.key, out[-1][1], out[-1][2] + r.length)
+            else:
+                out.append((r.key, r.start, r.length))
+    return out
+
+
+def test_plan_copies_big_ranges_and_gathers_small_ones() -> None:
+    sources = [Range("a", 0, 20 * MiB), Range("b", 0, 1 * MiB), Range("c", 3, 30 * MiB)]
+    plan = plan_parts(sources, 8001, 10_000)
+    assert [p.number for p in plan] == list(range(8001, 8001 + len(plan)))
+    # All but the last part are at least 8 MiB; single-range parts are copies.
+    assert all(p.length >= 8 * MiB for p in plan[:-1])
+    assert plan[0].ranges == (Range("a", 0, 20 * MiB),)
+    assert [r.key for r in plan[1].ranges] == ["b", "c"]
+    assert _cover(plan) == [("a", 0, 20 * MiB), ("b", 0, MiB), ("c", 3, 30 * MiB)]
+
+
+def test_plan_fits_the_part_numbers_it_is_given() -> None:
+    # 1 TiB in 2000 slots: parts grow past 8 MiB so that they fit.
+    sources = [Range(f"k{i}", 0, 300 * MiB if i % 2 else 7) for i in range(7000)]
+    total = sum(s.length for s in sources)
+    plan = plan_parts(sources, 8001, 10_000)
+    assert plan[-1].number <= 10_000
+    assert all(MAX_PART >= p.length >= total / 1999 for p in plan[:-1])
+    assert sum(p.length for p in plan) == total
+
+
+def test_plan_of_a_huge_range_splits_at_the_s3_part_maximum() -> None:
+    plan = plan_parts([Range("a", 0, 12 * 1024 * MiB)], 1, 10_000)
+    assert [p.length for p in plan] == [MAX_PART, MAX_PART, 2 * 1024 * MiB]
+
+
+def test_part_size_fits_the_largest_upload() -> None:
+    assert part_size_for(None) == 8 * MiB
+    assert part_size_for(10 * 1024 * MiB) == 8 * MiB
+    tib = 1024 * 1024 * MiB
+    size = part_size_for(5 * tib)
+    assert size % MiB == 0 and size * WRITER_PARTS >= 5 * tib
+    with pytest.raises(StorageError):
+        part_size_for(None, 1 * MiB)
+
+
+def test_url_options() -> None:
+    store = open_storage("s3://b/some/prefix?endpoint=http://127.0.0.1:1&part_size=16MiB")
+    assert isinstance(store, S3ByteStore)
+    assert (store.bucket, store.prefix, store.part_size) == ("b", "some/prefix/", 16 * MiB)
+    assert store.commit_interval == 16 * MiB
+    assert store.max_upload_size == 16 * MiB * WRITER_PARTS
+    # --max-size raises the part size so that the largest upload fits.
+    big = open_storage("s3://b?part_size=5MiB", max_size=200 * 1024 * MiB)
+    assert isinstance(big, S3ByteStore) and big.part_size * WRITER_PARTS >= 200 * 1024 * MiB
+    for bad in ("s3://b?colour=red", "s3://b?part_size=lots", "s3://?endpoint=x"):
+        with pytest.raises((StorageError, BackendError)):
+            open_storage(bad)
+
+
+# -- against the server --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(s3_gateway: S3Service) -> AsyncIterator[S3ByteStore]:
+    opened = open_storage(s3_gateway.url(s3_gateway.new_bucket(), "up") + "&part_size=5MiB")
+    assert isinstance(opened, S3ByteStore)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def s3(s3_gateway: S3Service) -> Iterator[Any]:
+    client = s3_gateway.client()
+    yield client
+    client.close()
+
+
+async def _write(
+    store: S3ByteStore,
+    segment: str,
+    data: bytes,
+    *,
+    start: int = 0,
+    origin: int | None = None,
+    flush: bool = True,
+    chunk: int = 256 * 1024,
+) -> _S3Writer:
+    writer = await store.open_segment("u", segment, start, origin=origin)
+    for i in range(0, len(data), chunk):
+        await writer.write(data[i : i + chunk])
+    if flush:
+        await writer.flush(False)
+        await writer.close()
+    return writer
+
+
+def _keys(s3: Any, store: S3ByteStore) -> list[str]:
+    listed = s3.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)
+    return sorted(item["Key"][len(store.prefix) :] for item in listed.get("Contents", []))
+
+
+def _multiparts(s3: Any, store: S3ByteStore) -> list[str]:
+    listed = s3.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    return sorted(u["Key"][len(store.prefix) :] for u in listed.get("Uploads", []))
+
+
+@pytest.mark.s3
+async def test_an_upload_nobody_took_over_completes_in_place(store: S3ByteStore, s3: Any) -> None:
+    data = pattern(23 * MiB + 5, 1)
+    # Three requests, each ending off the part grid, each continuing the last one's tail.
+    cuts = [0, 7 * MiB, 12 * MiB + 512 * 1024, len(data)]
+    for a, b in itertools.pairwise(cuts):
+        await _write(store, "e1", data[a:b], start=a, origin=0)
+    assert "segments/u/e1.tail-20971520" in _keys(s3, store)
+    assert _multiparts(s3, store) == ["u"]  # the segment's parts wait at the final key
+    await store.assemble("u", [Piece("u", "e1", 0, len(data))])
+    await assert_final(store, "u", data)
+    # Four whole parts where the writers put them, and the tail as a fifth: no copy.
+    assert s3.head_object(Bucket=store.bucket, Key="up/u")["ETag"].strip('"').endswith("-5")
+    assert _keys(s3, store) == ["u"]
+    assert _multiparts(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_takeovers_join_segments_with_copies(store: S3ByteStore, s3: Any) -> None:
+    data = pattern(30 * MiB, 2)
+    a, b = 12 * MiB + 3, 25 * MiB
+    # e1 starts the upload; its writer is superseded after committing ``a`` bytes, and
+    # goes on writing (a part past its commit) while e2 and e3 take over.
+    stale = await _write(store, "e1", data[:a], origin=0)
+    stale = await store.open_segment("u", "e1", a, origin=0)
+    await stale.write(pattern(6 * MiB, 9))
+    await _write(store, "e2", data[a:b], origin=a)
+    await _write(store, "e3", data[b:], origin=b, chunk=1000_003)
+    pieces = [Piece("u", "e1", 0, a), Piece("u", "e2", 0, b - a), Piece("u", "e3", 0, 5 * MiB)]
+    await store.assemble("u", pieces)
+    await assert_final(store, "u", data)
+    with pytest.raises(StorageError):  # too late: its multipart upload is gone
+        await stale.write(pattern(6 * MiB, 10))
+    with pytest.raises(StorageError):
+        await stale.close()
+    assert _keys(s3, store) == ["u"]
+    assert _multiparts(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_many_small_segments_are_gathered_into_parts(store: S3ByteStore) -> None:
+    data = pattern(17 * MiB, 3)
+    pieces, at = [], 0
+    for i, size in enumerate([MiB, 700_000, 6 * MiB, 1, 2 * MiB, 4 * MiB]):
+        await _write(store, f"e{i}", data[at : at + size], origin=at)
+        pieces.append(Piece("u", f"e{i}", 0, size))
+        at += size
+    await _write(store, "e9", data[at:], origin=at)
+    pieces.append(Piece("u", "e9", 0, len(data) - at))
+    await store.assemble("u", pieces)
+    await assert_final(store, "u", data)
+
+
+@pytest.mark.s3
+async def test_concatenation_copies_the_partial_uploads(store: S3ByteStore) -> None:
+    a, b = pattern(11 * MiB, 4), pattern(3 * MiB, 5)
+    for upload_id, data in (("a", a), ("b", b)):
+        writer = await store.open_segment(upload_id, "e1", 0, origin=0)
+        await writer.write(data)
+        await writer.flush(False)
+        await writer.close()
+        await store.assemble(upload_id, [Piece(upload_id, "e1", 0, len(data))])
+    await store.assemble("ab", [Piece("a", None, 0, len(a)), Piece("b", None, 0, len(b))])
+    await assert_final(store, "ab", a + b)
+
+
+@pytest.mark.s3
+async def test_delete_aborts_the_multipart_uploads(store: S3ByteStore, s3: Any) -> None:
+    await _write(store, "e1", pattern(6 * MiB, 6), origin=0)
+    await _write(store, "e2", pattern(6 * MiB, 7), origin=6 * MiB)
+    assert _multiparts(s3, store) == ["segments/u/e2", "u"]
+    await store.delete("u")
+    assert _multiparts(s3, store) == []
+    assert _keys(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_a_failed_part_upload_leaves_the_segment_unsettled(
+    store: S3ByteStore, s3: Any
+) -> None:
+    writer = await _write(store, "e1", pattern(6 * MiB, 8), origin=0, flush=False)
+    await store.delete("u")  # its multipart upload is aborted under it
+    with pytest.raises(StorageError):
+        await writer.write(pattern(5 * MiB, 9))
+    with pytest.raises(StorageError):
+        await writer.flush(False)
+    with pytest.raises(StorageError):
+        await writer.close()
+    with pytest.raises(ObjectMissing):
+        await store.open_segment("u", "e1", 6 * MiB)
