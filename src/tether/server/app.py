@@ -8,6 +8,7 @@ value the protocol layer renders. Errors become responses in one place (``_fail`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -166,6 +167,8 @@ class TetherApp:
                     await self.startup()
                 except Exception as exc:
                     log.error("cannot start: %s", exc)
+                    with contextlib.suppress(Exception):
+                        await self.shutdown()
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

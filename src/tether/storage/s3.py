@@ -624,7 +624,29 @@ class S3ByteStore:
         await self._call(f"delete {upload_id}", "delete_object", Key=self.final_key(upload_id))
 
     async def check(self) -> None:
-        await self._call(f"reach bucket {self.bucket}", "head_bucket")
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = f"bucket {self.bucket}" + (f" at {self.endpoint}" if self.endpoint else "")
+        client = await self.client()
+        try:
+            await client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise StorageError(
+                f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            ) from None
+        except ClientError as exc:
+            code = _code(exc)
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                raise StorageError(f"{where} does not exist; create it first") from None
+            if code in {"403", "AccessDenied", "Forbidden"}:
+                raise StorageError(
+                    f"{where} refused these credentials (AWS_ACCESS_KEY_ID and"
+                    " AWS_SECRET_ACCESS_KEY); they need read, write and list rights"
+                ) from None
+            raise _failure(exc, f"reach {where}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot reach {where}: {exc}") from exc
 
     async def close(self) -> None:
         if self._exit is not None:
