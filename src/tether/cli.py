@@ -56,6 +56,15 @@ def parse_duration(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 3600, 90m, 24h)") from None
 
 
+def _node_id(text: str) -> str:
+    from tether.protocol.ids import check_node_id
+
+    try:
+        return check_node_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"TETHER_{name}", default)
 
@@ -90,8 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--node-id",
+        type=_node_id,
         default=_env("NODE_ID"),
-        help="this node's id in logs and metrics (default: host name)",
+        help="this node's id in logs, metrics and upload URLs: 1-63 letters, digits, '-'"
+        " or '_' (default: host name)",
+    )
+    serve.add_argument(
+        "--node-in-url",
+        choices=("auto", "on", "off"),
+        default=_env("NODE_IN_URL", "auto"),
+        help="put the node id in the upload URLs this node creates (/files/NODE.ID), for"
+        " load balancers that route by it; auto (default): on with a shared state store"
+        " (postgresql://, redis://). Never needed for correctness",
     )
     serve.add_argument(
         "--max-size",
@@ -219,6 +238,7 @@ def _serve(args: argparse.Namespace) -> int:
             body_idle_timeout=args.body_timeout,
             commit_interval=interval,
             access_log=not args.no_access_log,
+            node_in_url=args.node_in_url,
             **kwargs,
         )
         return serve(config)

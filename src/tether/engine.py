@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from tether.protocol import errors
+from tether.protocol import errors, ids
 from tether.protocol.checksums import new_hasher
 from tether.protocol.commands import Append, Create
 from tether.protocol.errors import UploadError
@@ -70,6 +70,13 @@ class EngineConfig:
     # Commit at least this often while a body streams, so a connection that dies silently
     # still leaves its bytes acknowledged.
     commit_interval: int = 4 * MiB
+    # Put this node's id in the ids of the uploads it creates (``n1.<hex>``), for load
+    # balancers that route by URL. A hint only: no node ever reads it back.
+    node_in_ids: bool = False
+
+    def __post_init__(self) -> None:
+        if self.node_in_ids:
+            ids.check_node_id(self.node_id)
 
 
 @dataclass
@@ -78,9 +85,10 @@ class AppendOutcome:
     received: int  # bytes of this request's body that were committed
 
 
-def new_upload_id() -> str:
-    # 128 random bits: unguessable, and safe in a path and a URL.
-    return secrets.token_hex(16)
+def new_upload_id(node: str | None = None) -> str:
+    """128 random bits in hex (unguessable, safe in a path, a key and a file name), after
+    ``node`` and a dot when given (``protocol/ids.py``)."""
+    return ids.new_upload_id(node)
 
 
 def extend(segments: tuple[Segment, ...], name: str, position: int, n: int) -> tuple[Segment, ...]:
@@ -111,6 +119,9 @@ class UploadService:
         self._inflight: dict[str, dict[Interruptible, asyncio.Event]] = {}
 
     # -- lifecycle helpers -------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return new_upload_id(self.config.node_id if self.config.node_in_ids else None)
 
     def _expires(self) -> float | None:
         after = self.config.expire_after
@@ -182,7 +193,7 @@ class UploadService:
         ):
             raise errors.too_large(f"upload exceeds the maximum size {self.config.max_size}")
         record = UploadRecord(
-            id=new_upload_id(),
+            id=self._new_id(),
             length=length,
             metadata=command.metadata,
             partial=command.partial,
@@ -218,7 +229,7 @@ class UploadService:
                 await self.state.create(record)
                 return record
             except UploadExists:
-                record = replace(record, id=new_upload_id())
+                record = replace(record, id=self._new_id())
         raise RuntimeError("could not allocate an upload id")
 
     async def head(self, upload_id: str, *, client: str | None = None) -> UploadRecord:
@@ -525,7 +536,7 @@ class UploadService:
         if total is not None and self.config.max_size is not None and total > self.config.max_size:
             raise errors.too_large(f"concatenation exceeds the maximum size {self.config.max_size}")
         record = UploadRecord(
-            id=new_upload_id(),
+            id=self._new_id(),
             length=total,
             metadata=command.metadata,
             parts=command.final_of,

@@ -31,6 +31,7 @@ from tether.protocol.commands import (
 )
 from tether.protocol.errors import UploadError
 from tether.protocol.headers import parse_range
+from tether.protocol.ids import UPLOAD_ID
 from tether.protocol.message import Headers, Limits
 from tether.protocol.requests import detect_dialect, parse_request
 from tether.protocol.responses import Renderer, Response
@@ -44,7 +45,6 @@ from tether.storage.base import ObjectMissing, StorageError
 
 log = logging.getLogger("tether.request")
 
-_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _FILENAME_SAFE = re.compile(r"[A-Za-z0-9._ -]{1,200}")
 
 EXPOSED = (
@@ -140,7 +140,7 @@ class TetherApp:
         if not path.startswith(base):
             return None
         upload_id = path[len(base) :]
-        return upload_id if _UPLOAD_ID.fullmatch(upload_id) else None
+        return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
 
     def _client(self, scope: Scope, headers: Headers) -> str | None:
         if self.config.trust_forwarded:
@@ -240,7 +240,7 @@ class TetherApp:
         if not path.startswith(base):
             raise errors.not_found("no such endpoint")
         upload_id = path[len(base) :]
-        if not _UPLOAD_ID.fullmatch(upload_id):
+        if not UPLOAD_ID.fullmatch(upload_id):
             raise errors.not_found("not an upload URL")
         return upload_id
 

@@ -40,6 +40,7 @@ def build_app(config: ServerConfig) -> TetherApp:
         expire_after=config.expire_after,
         durable=durable,
         commit_interval=config.commit_interval,
+        node_in_ids=config.node_in_ids,
     )
     return TetherApp(config, UploadService(state, storage, engine))
 
@@ -74,6 +75,7 @@ def serve(config: ServerConfig) -> int:
             "state": redact(config.state_url),
             "storage": redact(config.storage_url),
             "durability": config.durability,
+            "node_in_url": config.node_in_ids,
         },
     )
     uv_config = uvicorn.Config(
