@@ -4,6 +4,7 @@ parts as tasks). Cancel an upload by cancelling its task, or with ``cancel=async
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from typing import Any
@@ -64,7 +65,7 @@ class AsyncClient(ClientBase):
             result: UploadResult = await run.drive(job.run())
             self.capabilities = job.capabilities
             meter.report(force=True)
-            return result
+            return dataclasses.replace(result, sent=meter.sent)
         finally:
             source.close()
 

@@ -208,6 +208,7 @@ def run_upload(args: argparse.Namespace) -> int:
                             "resumed": result.resumed,
                             "retries": result.retries,
                             "parts": list(result.parts),
+                            "sent": result.sent,
                             "seconds": round(seconds, 3),
                         }
                     ),

@@ -72,9 +72,9 @@ class Progress:
 class ChunkPlanner:
     def __init__(self, settings: Settings, limit: int | None) -> None:
         high = settings.max_chunk if limit is None else min(settings.max_chunk, limit)
-        self.low = max(1, min(settings.min_chunk, high))
-        self.high = max(self.low, high)
-        self.size = max(self.low, min(settings.chunk_size, self.high))
+        self.size = max(1, min(settings.chunk_size, high))
+        self.high = max(self.size, high)
+        self.low = max(1, min(settings.min_chunk, self.size))  # only adaptive sizes go below
         self.adaptive = settings.adaptive
         self.target = settings.chunk_seconds
 
@@ -98,7 +98,14 @@ def _retryable(status: int) -> bool:
 class _Retrier:
     """Backoff with full jitter, bounded by attempts without progress and total time."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float], rng: random.Random) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float],
+        rng: random.Random,
+        progress: Progress | None = None,
+    ) -> None:
+        self.progress = progress
         self.settings = settings
         self.clock = clock
         self.rng = rng
@@ -115,6 +122,8 @@ class _Retrier:
     ) -> Generator[Step, Outcome, None]:
         self.failures += 1
         self.total += 1
+        if self.progress is not None:
+            self.progress.retries += 1
         status = reply.status if reply is not None else None
         if self.failures > self.settings.retries:
             raise UploadFailed(url, status, f"gave up after {self.failures} attempts: {why}")
@@ -179,7 +188,7 @@ class UploadFlow:
     def __post_init__(self) -> None:
         self.progress = Progress(self.length, url=self.url)
         self.planner = ChunkPlanner(self.settings, self.capabilities.max_append)
-        self.retrier = _Retrier(self.settings, self.clock, self.rng)
+        self.retrier = _Retrier(self.settings, self.clock, self.rng, self.progress)
         self.checksum = (
             None if self.dialect.is_ietf else self.capabilities.checksum(self.settings.checksum)
         )

@@ -41,6 +41,7 @@ class UploadResult:
     resumed: bool  # continued an upload an earlier run started
     retries: int
     parts: tuple[str, ...] = ()  # the partial uploads of a parallel upload
+    sent: int = 0  # bytes of bodies put on the wire, re-sends included
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -69,7 +70,7 @@ class Client(ClientBase):
             result = _Run(self, job, source, meter, cancel or threading.Event()).go()
             self.capabilities = job.capabilities
             meter.report(force=True)
-            return result
+            return dataclasses.replace(result, sent=meter.sent)
         finally:
             source.close()
 
