@@ -283,3 +283,26 @@ class TestFilesystemByteStore:
             await asyncio.gather(*(n.assemble(upload_id, pieces) for n in nodes))
             assert files(root, upload_id) == ["data"]
             assert await read_all(nodes[1], upload_id, 0, 10_000) == pattern(10_000, i)
+
+    async def test_concatenation_links_the_parts_instead_of_copying(
+        self, store: FilesystemByteStore, root: Path
+    ) -> None:
+        a, b, c = pattern(300_000, 1), pattern(5, 2), pattern(200_000, 3)
+        for upload_id, data in (("a", a), ("b", b), ("c", c)):
+            await write_segment(store, upload_id, "e1", data)
+            await store.assemble(upload_id, [Piece(upload_id, "e1", 0, len(data))])
+        pieces = [Piece("a", None, 0, len(a)), Piece("b", None, 0, 5), Piece("c", None, 0, len(c))]
+        others = [FilesystemByteStore(root) for _ in range(3)]
+        await asyncio.gather(*(node.assemble("abc", pieces) for node in [store, *others]))
+        assert files(root, "abc") == ["part-0", "part-1", "part-2", "parts.json"]
+        assert (root / "abc" / "part-0").stat().st_ino == store.final_path("a").stat().st_ino
+        whole = a + b + c
+        await assert_final(store, "abc", whole)
+        for start, end in [(0, 1), (299_999, 300_006), (300_004, 300_010), (5, len(whole))]:
+            assert await read_all(store, "abc", start, end) == whole[start:end]
+        # A part deleted afterwards (terminated, expired) takes nothing from the final.
+        await store.delete("b")
+        await assert_final(store, "abc", whole)
+        await store.assemble("abc", pieces)  # idempotent, even with a part gone
+        await store.delete("abc")
+        await assert_final(store, "a", a)

@@ -125,11 +125,22 @@ def parse_metadata(header: str) -> dict[str, str]:
     return pairs
 
 
-def sha256_file(path: Path) -> str:
+def stored_files(directory: Path) -> list[Path]:
+    """The files holding an assembled upload, in order: its ``data``, or for a
+    concatenation the parts its ``parts.json`` lists (hard links, nothing copied)."""
+    if (directory / "data").is_file():
+        return [directory / "data"]
+    manifest = directory / "parts.json"
+    assert manifest.is_file(), f"no assembled upload in {directory}"
+    return [directory / name for name, _ in json.loads(manifest.read_text())]
+
+
+def sha256_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(MiB):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(1024 * 1024):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -143,10 +154,9 @@ def verify_upload(
     a streamed GET. Returns the HEAD response for further checks."""
     upload_id = upload_id_of(server, url)
 
-    stored = server.storage_dir / upload_id / "data"
-    assert stored.is_file(), f"no assembled file at {stored}"
-    assert stored.stat().st_size == payload.size
-    assert sha256_file(stored) == payload.sha256, "bytes on disk differ from the bytes sent"
+    stored = stored_files(server.storage_dir / upload_id)
+    assert sum(p.stat().st_size for p in stored) == payload.size
+    assert sha256_files(stored) == payload.sha256, "bytes on disk differ from the bytes sent"
 
     response = head(url)
     assert response.status_code == 200, (response.status_code, response.text)

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from tether.client.transport import (
     NETWORK_ERRORS,
     Meter,
     ProgressReport,
+    Reader,
     Source,
     network_failure,
     pieces,
@@ -61,8 +63,10 @@ class AsyncClient(ClientBase):
         try:
             job = self._job(path, source.size, metadata=metadata, parallel=parallel, digest=digest)
             meter = Meter(source.size, lambda: job.acknowledged, on_progress)
-            run = _Run(self, job, source, meter, cancel or asyncio.Event())
-            result: UploadResult = await run.drive(job.run())
+            with ThreadPoolExecutor(max(2, parallel + 1), thread_name_prefix="tether-read") as pool:
+                reader = Reader(source, pool, parallel)
+                run = _Run(self, job, source, meter, cancel or asyncio.Event(), reader)
+                result: UploadResult = await run.drive(job.run())
             self.capabilities = job.capabilities
             meter.report(force=True)
             return dataclasses.replace(result, sent=meter.sent)
@@ -95,7 +99,9 @@ class _Run:
         source: Source | None,
         meter: Meter | None,
         cancel: asyncio.Event,
+        reader: Reader | None = None,
     ) -> None:
+        self.reader = reader
         self.client = client
         self.job = job
         self.source = source
@@ -128,8 +134,12 @@ class _Run:
             return await asyncio.to_thread(self.source.sha256)
         if isinstance(step, Concurrently):
             tasks = [asyncio.ensure_future(self.drive(flow.run())) for flow in step.flows]
+            if step.digest:
+                assert self.source is not None
+                tasks.append(asyncio.ensure_future(asyncio.to_thread(self.source.sha256)))
             try:
-                return list(await asyncio.gather(*tasks))
+                results = list(await asyncio.gather(*tasks))
+                return (results[:-1], results[-1]) if step.digest else results
             except BaseException:
                 for task in tasks:
                     task.cancel()
@@ -138,12 +148,12 @@ class _Run:
         raise TypeError(f"unknown step {step!r}")
 
     async def send(self, request: Request) -> Outcome:
-        data = None
+        body = None
         if request.body is not None:
-            assert self.source is not None
-            data = self.source.read(request.body)
-        headers, length = prepare(request, data)
-        content = _stream(data, self.meter) if data is not None and length else None
+            assert self.reader is not None
+            body = await asyncio.wrap_future(self.reader.take(request.body))
+        headers = prepare(request, body)
+        content = _stream(body[0], self.meter) if body is not None and body[0] else None
         try:
             response = await self.client.http.request(
                 request.method, request.url, headers=headers, content=content

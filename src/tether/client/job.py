@@ -25,9 +25,11 @@ class HashFile:
 
 @dataclass(frozen=True)
 class Concurrently:
-    """Ask the driver to run these flows at once and send back their URLs, in order."""
+    """Ask the driver to run these flows at once and send back their URLs, in order; with
+    ``digest``, also to hash the whole source meanwhile: it sends back (URLs, sha256)."""
 
     flows: tuple[UploadFlow, ...]
+    digest: bool = False
 
 
 JobStep = Step | HashFile | Concurrently
@@ -84,7 +86,9 @@ class Job:
         metadata = dict(self.metadata)
         metadata.setdefault("filename", os.path.basename(self.path))
         sha256 = entry.sha256 if entry is not None else None
-        if self.digest and not self.dialect.is_ietf:
+        # A parallel upload hashes the file while its parts go out, since the digest is
+        # only needed for the final upload; a single upload needs it at creation.
+        if self.digest and not self.dialect.is_ietf and parallel == 1:
             if sha256 is None:
                 sha256 = yield HashFile()
                 self.store.update(key, sha256=sha256, path=self.path)
@@ -156,7 +160,14 @@ class Job:
                     on_created=lambda url, i=index: self.store.set_part(key, i, url, count),
                 )
             )
-        parts: list[str] = yield Concurrently(tuple(flows))
+        if self.digest and sha256 is None:
+            parts, sha256 = yield Concurrently(tuple(flows), digest=True)
+            assert sha256 is not None
+            self.store.update(key, sha256=sha256)
+        else:
+            parts = yield Concurrently(tuple(flows))
+        if self.digest and sha256 is not None:
+            metadata["sha256"] = sha256
         url = yield from concatenate(
             self.dialect, self.endpoint, parts, metadata, self.settings, self.clock, self.rng
         )

@@ -19,6 +19,7 @@ from tether.client.transport import (
     NETWORK_ERRORS,
     Meter,
     ProgressReport,
+    Reader,
     Source,
     network_failure,
     pieces,
@@ -67,7 +68,10 @@ class Client(ClientBase):
         try:
             job = self._job(path, source.size, metadata=metadata, parallel=parallel, digest=digest)
             meter = Meter(source.size, lambda: job.acknowledged, on_progress)
-            result = _Run(self, job, source, meter, cancel or threading.Event()).go()
+            with ThreadPoolExecutor(max(2, parallel + 1), thread_name_prefix="tether-read") as pool:
+                reader = Reader(source, pool, parallel)
+                run = _Run(self, job, source, meter, cancel or threading.Event(), None, reader)
+                result = run.go()
             self.capabilities = job.capabilities
             meter.report(force=True)
             return dataclasses.replace(result, sent=meter.sent)
@@ -106,6 +110,7 @@ class _Run:
         meter: Meter | None,
         cancel: threading.Event,
         outer: threading.Event | None = None,
+        reader: Reader | None = None,
     ) -> None:
         self.client = client
         self.job = job
@@ -113,6 +118,7 @@ class _Run:
         self.meter = meter
         self.cancel = cancel
         self.outer = outer  # the caller's cancel, for the parts of a parallel upload
+        self.reader = reader
 
     def cancelled(self) -> bool:
         return self.cancel.is_set() or (self.outer is not None and self.outer.is_set())
@@ -151,12 +157,12 @@ class _Run:
         raise TypeError(f"unknown step {step!r}")
 
     def send(self, request: Request) -> Outcome:
-        data = None
+        body = None
         if request.body is not None:
-            assert self.source is not None
-            data = self.source.read(request.body)
-        headers, length = prepare(request, data)
-        content = pieces(data, self.meter) if data is not None and length else None
+            assert self.reader is not None
+            body = self.reader.take(request.body).result()
+        headers = prepare(request, body)
+        content = pieces(body[0], self.meter) if body is not None and body[0] else None
         try:
             response = self.client.http.request(
                 request.method, request.url, headers=headers, content=content
@@ -165,11 +171,15 @@ class _Run:
             return network_failure(exc)
         return to_reply(response)
 
-    def concurrently(self, step: Concurrently) -> list[str]:
+    def concurrently(self, step: Concurrently) -> Any:
         stop = threading.Event()
-        part = _Run(self.client, self.job, self.source, self.meter, stop, self.cancel)
-        with ThreadPoolExecutor(len(step.flows), thread_name_prefix="tether-part") as pool:
+        part = _Run(self.client, self.job, self.source, self.meter, stop, self.cancel, self.reader)
+        workers = len(step.flows) + int(step.digest)
+        with ThreadPoolExecutor(workers, thread_name_prefix="tether-part") as pool:
             futures = [pool.submit(part.drive, flow.run()) for flow in step.flows]
+            if step.digest:
+                assert self.source is not None
+                futures.append(pool.submit(self.source.sha256))
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() is not None]
             if failed:
@@ -178,4 +188,5 @@ class _Run:
                 error = failed[0].exception()
                 assert error is not None
                 raise error
-        return [f.result() for f in futures]
+        results = [f.result() for f in futures]
+        return (results[:-1], results[-1]) if step.digest else results

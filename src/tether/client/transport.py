@@ -9,7 +9,9 @@ import hashlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import httpx
@@ -116,17 +118,55 @@ def checksum(algorithm: str, data: bytes) -> str:
     return f"{algorithm} {base64.b64encode(hasher.digest()).decode('ascii')}"
 
 
-def prepare(request: Request, data: bytes | None) -> tuple[list[tuple[str, str]], int]:
-    """The request's headers, with the body's length and checksum; and the body length."""
+Body = tuple[bytes, str | None]  # the bytes of a slice, and their Upload-Checksum value
+
+
+class Reader:
+    """Reads request bodies, one ahead: while a chunk is on the wire, the next one (the
+    same size, right after it) is read and checksummed on a worker thread, so the next
+    request starts as soon as the server answers. A guess that turns out wrong (after a
+    failure, at the end of a part) only costs a read."""
+
+    def __init__(self, source: Source, pool: Executor, flows: int = 1) -> None:
+        self.source = source
+        self.pool = pool
+        self.limit = flows  # read-aheads kept: one per flow (parallel parts share a reader)
+        self._ahead: OrderedDict[Slice, Future[Body]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _load(self, body: Slice) -> Body:
+        data = self.source.read(body)
+        return data, checksum(body.checksum, data) if body.checksum is not None else None
+
+    def take(self, body: Slice) -> Future[Body]:
+        """The body's bytes (from the read-ahead when it guessed right); also starts
+        reading the slice after it."""
+        with self._lock:
+            future = self._ahead.pop(body, None)
+            end = body.start + body.length
+            following = Slice(end, min(body.length, self.source.size - end), body.checksum)
+            if following.length > 0 and following not in self._ahead:
+                self._ahead[following] = self.pool.submit(self._load, following)
+            while len(self._ahead) > self.limit:
+                _, oldest = self._ahead.popitem(last=False)  # a guess events overtook
+                oldest.cancel()
+        if future is None:
+            future = Future()
+            future.set_result(self._load(body))
+        return future
+
+
+def prepare(request: Request, body: Body | None) -> list[tuple[str, str]]:
+    """The request's headers, with the body's length and checksum."""
     headers = list(request.headers)
-    if data is None:
-        return headers, 0
-    assert request.body is not None
+    if body is None:
+        return headers
+    data, digest = body
     headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
     headers.append(("Content-Length", str(len(data))))
-    if request.body.checksum is not None:
-        headers.append(("Upload-Checksum", checksum(request.body.checksum, data)))
-    return headers, len(data)
+    if digest is not None:
+        headers.append(("Upload-Checksum", digest))
+    return headers
 
 
 def pieces(data: bytes, meter: Meter | None) -> Iterator[bytes]:

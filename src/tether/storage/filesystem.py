@@ -2,8 +2,10 @@
 
 Layout: ``ROOT/<upload id>/<segment>.seg`` while an upload streams, ``ROOT/<upload id>/data``
 once it is assembled. An upload written by one writer from start to end has one segment,
-and assembly is a rename. Nothing here is process-local: any process that sees ROOT may
-continue, assemble or read any upload.
+and assembly is a rename. A concatenation of finished uploads copies nothing either: its
+directory holds a hard link to each part's ``data`` (so deleting a part later keeps the
+bytes) and a ``parts.json`` manifest, written last, that reads follow. Nothing here is
+process-local: any process that sees ROOT may continue, assemble or read any upload.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -153,10 +156,13 @@ class FilesystemByteStore:
     def _assemble(self, upload_id: str, pieces: list[Piece]) -> None:
         final = self.final_path(upload_id)
         total = sum(p.length for p in pieces)
-        if _has_size(final, total):
+        if _has_size(final, total) or self._linked_size(upload_id) == total:
             self._drop_segments(upload_id)
             return
         final.parent.mkdir(exist_ok=True)
+        if len(pieces) > 1 and all(self._is_whole_final(p, upload_id) for p in pieces):
+            self._link_parts(upload_id, pieces)
+            return
         if (
             len(pieces) == 1
             and pieces[0].upload_id == upload_id
@@ -186,6 +192,58 @@ class FilesystemByteStore:
             raise
         _fsync_dir(final.parent)
         self._drop_segments(upload_id)
+
+    def _is_whole_final(self, piece: Piece, upload_id: str) -> bool:
+        return (
+            piece.segment is None
+            and piece.start == 0
+            and piece.upload_id != upload_id
+            and _has_size(self.final_path(piece.upload_id), piece.length)
+        )
+
+    def _manifest(self, upload_id: str) -> Path:
+        return self.root / upload_id / _MANIFEST
+
+    def _linked_parts(self, upload_id: str) -> list[tuple[Path, int]] | None:
+        """The parts of a concatenation assembled by links, or None."""
+        try:
+            listed = json.loads(self._manifest(upload_id).read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise StorageError(f"{self._manifest(upload_id)} is damaged: {exc}") from exc
+        return [(self.root / upload_id / str(name), int(size)) for name, size in listed]
+
+    def _linked_size(self, upload_id: str) -> int | None:
+        parts = self._linked_parts(upload_id)
+        return None if parts is None else sum(size for _, size in parts)
+
+    def _link_parts(self, upload_id: str, pieces: list[Piece]) -> None:
+        directory = self.root / upload_id
+        listed = []
+        try:
+            for index, piece in enumerate(pieces):
+                name = f"part-{index}"
+                link = directory / name
+                source = self.final_path(piece.upload_id)
+                with contextlib.suppress(FileNotFoundError):
+                    if link.stat().st_ino != source.stat().st_ino:
+                        link.unlink()  # left by an earlier attempt with other parts
+                with contextlib.suppress(FileExistsError):
+                    os.link(source, link)
+                listed.append([name, piece.length])
+            tmp = directory / f"{_MANIFEST}.tmp-{secrets.token_hex(8)}"
+            with open(tmp, "w") as out:
+                json.dump(listed, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._manifest(upload_id))
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"a part of {upload_id} is missing: {exc}") from None
+        except OSError as exc:
+            raise _os_error(exc, f"assemble {upload_id}") from exc
+        # The parts were flushed when they completed; the links and manifest are now.
+        _fsync_dir(directory)
 
     def _rename_single(self, upload_id: str, piece: Piece, final: Path) -> bool:
         """Make the one segment the final object by renaming it; False when it must be
@@ -249,7 +307,12 @@ class FilesystemByteStore:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise ObjectMissing(str(path)) from None
+            parts = self._linked_parts(upload_id)
+            if parts is None:
+                raise ObjectMissing(str(path)) from None
+            async for chunk in _read_parts(parts, start, end):
+                yield chunk
+            return
         try:
             position = start
             while position < end:
@@ -273,6 +336,29 @@ class FilesystemByteStore:
 
 
 _WRITEBACK_STEP = 4 * 1024 * 1024
+_MANIFEST = "parts.json"
+
+
+async def _read_parts(parts: list[tuple[Path, int]], start: int, end: int) -> AsyncIterator[bytes]:
+    """Bytes ``[start, end)`` of the concatenation of ``parts``."""
+    if end > sum(size for _, size in parts):
+        raise ObjectMissing(f"the parts end before {end}")
+    base = 0
+    for path, size in parts:
+        lo, hi = max(start, base), min(end, base + size)
+        if lo < hi:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                position = lo - base
+                while position < hi - base:
+                    data = os.pread(fd, min(_READ_CHUNK, hi - base - position), position)
+                    if not data:
+                        raise ObjectMissing(f"{path} ends at {position}, before {hi - base}")
+                    position += len(data)
+                    yield data
+            finally:
+                os.close(fd)
+        base += size
 
 
 def _load_sync_file_range() -> Callable[[int, int], None]:
