@@ -159,3 +159,16 @@ def test_store_survives_garbage_and_drops_old_entries(tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     store.forget("p")
     assert store.get("k") is None and store.get("p") is None
+
+
+def test_parallel_hashes_while_the_parts_go_and_tags_the_final(tmp_path: Path) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"z" * (10 * 1024 * 1024))
+    store = ResumeStore(tmp_path / "store.json")
+    d = Driver(make_job(path, store, capabilities=CAPS, parallel=2).run())
+    step = d.step
+    assert isinstance(step, Concurrently) and step.digest  # no HashFile step before
+    d._send((["http://h/files/p0", "http://h/files/p1"], "d" * 64))
+    final = d.expect("POST", created("/files/final"))
+    assert metadata_of(final) == {"filename": "big", "sha256": "d" * 64}
+    assert d.result.sha256 == "d" * 64
