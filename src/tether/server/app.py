@@ -47,6 +47,10 @@ log = logging.getLogger("tether.request")
 
 _FILENAME_SAFE = re.compile(r"[A-Za-z0-9._ -]{1,200}")
 
+# A request header a proxy sets when it cannot forward interim (1xx) responses: the IETF
+# draft's 104 is then left out, as the draft allows. Harmless from anyone else.
+NO_INTERIM = "tether-no-interim"
+
 EXPOSED = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, "
     "Upload-Expires, Upload-Concat, Upload-Complete, Upload-Incomplete, Upload-Limit, "
@@ -271,7 +275,15 @@ class TetherApp:
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
             body = BodyReader(receive, self.config.body_idle_timeout)
-            interim = command.dialect.is_ietf and INTERIM in scope.get("extensions", {})
+            interim = (
+                command.dialect.is_ietf
+                and INTERIM in scope.get("extensions", {})
+                # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client. Nor through a proxy that
+                # says it cannot pass one on: nginx 1.22 takes a 1xx for the final response
+                # and then stalls the connection (``tether lb nginx`` sets the header).
+                and scope.get("http_version") != "1.0"
+                and NO_INTERIM not in headers
+            )
             location: str | None = None
 
             async def on_created(record: UploadRecord) -> None:
