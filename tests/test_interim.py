@@ -4,6 +4,7 @@ a proxy that says it cannot forward interim responses (``Tether-No-Interim``, wh
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -18,7 +19,9 @@ from tether.storage.memory import MemoryByteStore
 IETF = [(b"upload-draft-interop-version", b"6"), (b"upload-complete", b"?1")]
 
 
-async def create(http_version: str, extra: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+async def create(
+    http_version: str, extra: list[tuple[bytes, bytes]]
+) -> list[MutableMapping[str, Any]]:
     """Send an IETF creation with a 3-byte body; every message the app sent, in order."""
     app = TetherApp(
         ServerConfig(node_id="t", access_log=False),
@@ -35,20 +38,20 @@ async def create(http_version: str, extra: list[tuple[bytes, bytes]]) -> list[di
         "headers": [(b"host", b"lb"), (b"content-length", b"3"), *IETF, *extra],
         "extensions": {EXTENSION: {}},
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     body = [{"type": "http.request", "body": b"abc", "more_body": False}]
 
     async def receive() -> dict[str, Any]:
         return body.pop(0) if body else {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     await app(scope, receive, send)
     return sent
 
 
-def statuses(sent: list[dict[str, Any]]) -> list[int]:
+def statuses(sent: list[MutableMapping[str, Any]]) -> list[int]:
     return [m["status"] for m in sent if m["type"] in (MESSAGE, "http.response.start")]
 
 
