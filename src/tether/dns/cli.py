@@ -10,6 +10,26 @@ import sys
 from typing import Any
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r} (0-65535)")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return value
+
+
 def add_parser(commands: Any) -> None:
     """Add ``dns`` (and its ``check`` action) to the ``tether`` subcommands."""
     dns = commands.add_parser(
@@ -21,18 +41,18 @@ def add_parser(commands: Any) -> None:
     dns.add_argument("--config", metavar="FILE", help="the TOML configuration (required)")
     dns.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dns.add_argument(
-        "--port", type=int, default=5353, help="UDP and TCP port (default 5353; DNS is 53)"
+        "--port", type=_port, default=5353, help="UDP and TCP port (default 5353; DNS is 53)"
     )
     dns.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=None,
         metavar="PORT",
         help="serve counters as Prometheus text on http://HOST:PORT/metrics (default: off)",
     )
     dns.add_argument(
         "--cache-entries",
-        type=int,
+        type=_count,
         default=None,
         metavar="N",
         help="packet cache size (default 65536; 0 turns it off)",

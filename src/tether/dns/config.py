@@ -8,6 +8,17 @@
     ipv4_prefix = 24              # client subnets are hashed at this length ...
     ipv6_prefix = 56              # ... and reported as the ECS scope
     hash_key = "tether-dns"       # instances that must agree share it
+    payload = 1232                # the EDNS UDP payload size we advertise and fill
+
+    [soa]                         # optional, every field has a default
+    primary = "ns1"               # default: the first name server
+    contact = "hostmaster"        # the mailbox, as a name
+    serial = 1
+    refresh = 3600
+    retry = 600
+    expire = 604800
+    minimum = 60                  # also the TTL of negative answers
+    ttl = 3600                    # of SOA, NS and glue records
 
     [[nameserver]]
     name = "ns1"                  # relative to the zone, or absolute with a final dot

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -208,6 +209,10 @@ async def serve_until_signalled(config: DnsConfig, settings: ServerSettings) -> 
     """Run a server until SIGINT or SIGTERM; logs where it listens and its final counts."""
     server = DnsServer(config, settings)
     await server.start()
+    # Everything built so far (modules, the zone, dnspython's tables) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk all of it
+    # while queries wait (measured: a few ms per pass).
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,15 +5,24 @@ returns the response's wire bytes, or None when nothing must be sent (fewer than
 bytes, or a message that is itself a response). Whatever the bytes, it returns: garbage
 gets FORMERR, a bug in the answer path gets SERVFAIL (and a logged traceback).
 
-dnspython parses every query and renders every response; nothing here reads DNS wire
-format by hand. The one shortcut is a **packet cache** in front of the parser, as in
-PowerDNS and dnsdist: the response to a UDP query is remembered under the query's bytes
-after the 2-byte ID and the sender's address, and a later query with the same bytes from
-the same address gets the same response with its own ID. Byte-identical queries parse
-identically, and nothing else a response depends on can differ: the client subnet comes
-from those bytes (ECS) or from the address, and the health state is part of the cache
-(it is emptied whenever a POP goes up or down). It holds at most ``cache_entries``
-responses and starts afresh when full.
+dnspython parses queries and renders responses: nothing here reads DNS wire format by
+hand, and the only bytes written by hand are a response's ID and the ECS address it
+echoes. Two caches keep dnspython's cost (about 60 µs to parse a query with ECS, 100 µs
+to render its answer) off most queries:
+
+- **Response templates.** Responses whose question (as sent, case included), flags,
+  EDNS, size limit, ECS family and source prefix length, ECS scope and POPs are the same
+  differ only in the ID and in the ECS address they echo, which dnspython renders as the
+  last bytes of the message. The first is rendered by dnspython and kept; the next ones
+  are that response with the ID and the echoed address replaced. A test renders random
+  queries both ways and compares the bytes.
+- **A packet cache** in front of the parser, as in PowerDNS and dnsdist: the response to a
+  UDP query is remembered under the sender's address and the query's bytes after the
+  2-byte ID, and a later query with the same bytes from the same address gets the same
+  response with its own ID. Byte-identical queries parse identically, and nothing else a
+  response depends on can differ: the client subnet comes from those bytes (ECS) or from
+  the address, and the cache is emptied whenever a POP goes up or down. It holds at most
+  ``cache_entries`` responses (0 turns it off) and starts afresh when full.
 """
 
 from __future__ import annotations
@@ -98,18 +107,11 @@ class Counters:
         return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    tail: bytes  # the response after its ID
-    rcode: str
-    pops: tuple[str, ...]
-    question: str  # for the debug log
-
-
-@dataclass(frozen=True, slots=True)
-class _Template:
-    wire: bytes  # a whole rendered response
-    rcode: str
+# Cache entries are plain tuples of bytes and strings, never objects: the garbage
+# collector stops tracking such tuples, so a full cache adds nothing to its full passes
+# (measured: 40 ms pauses with 50,000 dataclass entries, none with tuples).
+_Cached = tuple[bytes, str, tuple[str, ...], str]  # response after its ID, rcode, POPs, question
+_Template = tuple[bytes, str]  # a whole rendered response, its rcode
 
 
 class Responder:
@@ -153,13 +155,14 @@ class Responder:
             key = (source, wire[2:])
             hit = self._cache.get(key)
             if hit is not None:
+                tail, rcode, pops, question = hit
                 counters.cache_hits += 1
-                counters.responses[hit.rcode] += 1
-                for pop in hit.pops:
+                counters.responses[rcode] += 1
+                for pop in pops:
                     counters.answers[pop] += 1
                 if self._debug:
-                    self._log(source, hit.question, hit.rcode, hit.pops, tcp, cached=True)
-                return wire[:2] + hit.tail
+                    self._log(source, question, rcode, pops, tcp, cached=True)
+                return wire[:2] + tail
         try:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
@@ -189,7 +192,7 @@ class Responder:
         if key is not None:
             if len(self._cache) >= self.cache_entries:
                 self._cache.clear()
-            self._cache[key] = _Cached(out[2:], rcode, pops, question)
+            self._cache[key] = (out[2:], rcode, pops, question)
         return out
 
     def _render(
@@ -246,8 +249,9 @@ class Responder:
             )
             template = self._templates.get(template_key)
             if template is not None:
-                body = template.wire[2 : len(template.wire) - len(echo)]
-                return query.id.to_bytes(2, "big") + body + echo, template.rcode, answer.pops
+                rendered, rcode = template
+                body = rendered[2 : len(rendered) - len(echo)]
+                return query.id.to_bytes(2, "big") + body + echo, rcode, answer.pops
 
         response = dns.message.make_response(query, our_payload=config.payload)
         response.set_rcode(answer.rcode)
@@ -267,7 +271,7 @@ class Responder:
         if template_key is not None and out.endswith(echo):
             if len(self._templates) >= TEMPLATE_ENTRIES:
                 self._templates.clear()
-            self._templates[template_key] = _Template(out, rcode)
+            self._templates[template_key] = (out, rcode)
         return out, rcode, answer.pops
 
     def _refusal(self, query: dns.message.Message, several_ecs: bool) -> dns.rcode.Rcode | None:

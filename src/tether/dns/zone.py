@@ -124,7 +124,10 @@ class Zone:
         # Looking a name up by its labels as sent (a tuple of bytes) skips dnspython's
         # case-folding hash and comparison, a good part of the cost of a query.
         self._lookups: dict[tuple[bytes, ...], _Node | str] = {}
-        self._rankings: dict[tuple[tuple[bytes, ...], IPNetwork], tuple[Pop, ...]] = {}
+        # Keys of bytes and ints, values shared between subnets: the garbage collector
+        # does not track such keys, and sees one tuple per distinct order, not per subnet.
+        self._rankings: dict[tuple[tuple[bytes, ...], bytes, int], tuple[Pop, ...]] = {}
+        self._orders: dict[tuple[str, ...], tuple[Pop, ...]] = {}
         self._rrsets: dict[tuple[dns.name.Name, int, tuple[str, ...]], dns.rrset.RRset] = {}
 
     def lookup(self, qname: dns.name.Name) -> _Node | str:
@@ -189,12 +192,14 @@ class Zone:
 
     def ranking(self, service: Service, subnet: IPNetwork) -> tuple[Pop, ...]:
         """The service's whole pool ranked for ``subnet``, health aside (memoised)."""
-        key = (service.name.labels, subnet)
+        key = (service.name.labels, subnet.network_address.packed, subnet.prefixlen)
         ranked = self._rankings.get(key)
         if ranked is None:
             if len(self._rankings) >= _MEMO_LIMIT:
                 self._rankings.clear()
+                self._orders.clear()
             ranked = tuple(rank(subnet, service.pops, self.config.key))
+            ranked = self._orders.setdefault(tuple(pop.id for pop in ranked), ranked)
             self._rankings[key] = ranked
         return ranked
 
