@@ -7,9 +7,10 @@ Each repetition uploads the same file (1 GiB, 8 MiB chunks) to a fresh ``tether 
 warmed alike, every stored copy checked by sha256:
 
 - ``bare``: ``bench/client.py`` workload A (raw sockets, ``sendfile``);
-- ``tether upload``: the defaults (per-chunk crc32c, whole-file sha256 sent as metadata);
-- ``tether upload --no-digest``: without the whole-file sha256 pass;
-- ``tether upload --parallel 4``: four partial uploads at once, joined by concatenation.
+- ``tether upload``: the defaults (8 MiB chunks, each with its crc32c);
+- ``tether upload --parallel 4``: four partial uploads at once, joined by concatenation;
+- both again with ``--digest`` (the file's sha256 sent as metadata: one more pass over the
+  file, before the upload or, in parallel, alongside it, on the same pinned core).
 
 It prints the median MB/s of each and its ratio to ``bare``. Times are the clients' own
 (from the first request to the last answer), so interpreter start-up is not counted.
@@ -42,8 +43,9 @@ from workloads import MiB, default_data_path, ensure_data_file, sha256_of_file
 CHUNK = "8MiB"
 VARIANTS: dict[str, list[str]] = {
     "tether upload": [],
-    "tether upload --no-digest": ["--no-digest"],
     "tether upload --parallel 4": ["--parallel", "4"],
+    "tether upload --digest": ["--digest"],
+    "tether upload --parallel 4 --digest": ["--parallel", "4", "--digest"],
 }
 
 

@@ -57,7 +57,7 @@ def file(tmp_path: Path) -> Path:
 
 def test_discovers_digests_uploads_and_forgets(file: Path, tmp_path: Path) -> None:
     store = ResumeStore(tmp_path / "store.json")
-    d = Driver(make_job(file, store, metadata={"owner": "ana"}).run())
+    d = Driver(make_job(file, store, metadata={"owner": "ana"}, digest=True).run())
     d.expect("OPTIONS", status(204, tus_extension="creation"))
     assert isinstance(d.step, HashFile)
     d._send("f" * 64)
@@ -74,7 +74,7 @@ def test_discovers_digests_uploads_and_forgets(file: Path, tmp_path: Path) -> No
 def test_a_remembered_upload_resumes_without_hashing_again(file: Path, tmp_path: Path) -> None:
     store = ResumeStore(tmp_path / "store.json")
     store.update(key_of(file), url="http://h/files/old", sha256="a" * 64)
-    d = Driver(make_job(file, store, capabilities=CAPS).run())
+    d = Driver(make_job(file, store, capabilities=CAPS, digest=True).run())
     d.expect("HEAD", status(200, upload_offset="120"), body=None)
     d.expect("PATCH", ok(upload_offset="150"), Upload_Offset="120")
     assert d.result.resumed and d.result.sha256 == "a" * 64
@@ -165,7 +165,7 @@ def test_parallel_hashes_while_the_parts_go_and_tags_the_final(tmp_path: Path) -
     path = tmp_path / "big"
     path.write_bytes(b"z" * (10 * 1024 * 1024))
     store = ResumeStore(tmp_path / "store.json")
-    d = Driver(make_job(path, store, capabilities=CAPS, parallel=2).run())
+    d = Driver(make_job(path, store, capabilities=CAPS, parallel=2, digest=True).run())
     step = d.step
     assert isinstance(step, Concurrently) and step.digest  # no HashFile step before
     d._send((["http://h/files/p0", "http://h/files/p1"], "d" * 64))

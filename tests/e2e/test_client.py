@@ -76,7 +76,7 @@ def test_fifty_uploads_through_cuts_resets_and_stalls(
         for index, size in enumerate(sizes):
             path = tmp_path / f"f{index}"
             digest = make_file(path, size, index)
-            result = client.upload(path)
+            result = client.upload(path, digest=True)
             assert result.size == size and result.sha256 == digest
             results.append(result)
             sent += result.sent
@@ -102,6 +102,7 @@ def test_a_client_killed_mid_upload_continues_from_the_servers_offset(
     store = tmp_path / "cache" / "tether" / "uploads.json"
     command = [
         sys.executable, "-m", "tether.cli", "upload", str(path), "--json", "--chunk-size", "1MiB",
+        "--digest",
     ]  # fmt: skip
     with FaultProxy(tether.port, Faults(rate=24 * MiB)) as proxy:
         first = subprocess.Popen(

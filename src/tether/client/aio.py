@@ -55,7 +55,7 @@ class AsyncClient(ClientBase):
         *,
         metadata: Mapping[str, str] | None = None,
         parallel: int = 1,
-        digest: bool = True,
+        digest: bool = False,
         on_progress: Callable[[ProgressReport], None] | None = None,
         cancel: asyncio.Event | None = None,
     ) -> UploadResult:

@@ -58,7 +58,7 @@ class Job:
     rng: random.Random
     parallel: int = 1
     metadata: Mapping[str, str] = field(default_factory=dict)
-    digest: bool = True  # send the file's sha256 as metadata (tus)
+    digest: bool = False  # send the file's sha256 as metadata (tus)
     capabilities: Capabilities | None = None
     flows: list[UploadFlow] = field(default_factory=list)
 

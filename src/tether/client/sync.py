@@ -60,7 +60,7 @@ class Client(ClientBase):
         *,
         metadata: Mapping[str, str] | None = None,
         parallel: int = 1,
-        digest: bool = True,
+        digest: bool = False,
         on_progress: Callable[[ProgressReport], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> UploadResult:
