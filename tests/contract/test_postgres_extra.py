@@ -137,6 +137,23 @@ async def test_a_lost_connection_is_unavailable_once_then_replaced(
 
 
 @needs_server
+async def test_statements_deallocated_behind_the_store_are_prepared_again(pg_url: str) -> None:
+    """``DISCARD ALL`` (or a pooler handing out another server session) drops the
+    statements the store prepared on a connection; the next call prepares them again."""
+    store = open_state(f"{pg_url}&pool_max=1")
+    assert isinstance(store, PostgresStateStore)
+    record = UploadRecord(id="u", length=10, created_at=1.0)
+    await store.create(record)
+    assert await store.get("u") == record
+    pool = await store._get_pool()
+    async with pool.connection() as conn:  # the store's only connection
+        await conn.execute("DEALLOCATE ALL")
+    assert await store.get("u") == record
+    assert (await store.acquire("u", node="n", client=None)).epoch == 1
+    await store.close()
+
+
+@needs_server
 async def test_a_pool_with_no_free_connection_says_so(pg_url: str) -> None:
     store = open_state(f"{pg_url}&pool_max=1&pool_timeout=0.2")
     assert isinstance(store, PostgresStateStore)

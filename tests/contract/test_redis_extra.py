@@ -4,6 +4,7 @@ retried scripts, error mapping and the durable setting. The shared rules are in
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -294,6 +295,28 @@ async def test_a_restarted_server_is_reconnected_and_a_dead_one_is_unavailable(
         await store.create(fresh("u"))
         assert (await store.acquire("u", node="n", client=None)).epoch == 1
     finally:
+        await store.close()
+
+
+async def test_a_call_cut_off_after_sending_leaves_no_reply_to_the_next(
+    private_server: PrivateServer,
+) -> None:
+    """A request cancelled (or past its deadline) while its command is on the wire must not
+    leave that connection to the next call, which would read the late reply as its own."""
+    store = open_from_url(private_server.url)
+    admin = redis_asyncio.Redis.from_url(private_server.url)
+    try:
+        assert await store.get("u") is None  # the scripts' connection is open and idle
+        await admin.client_pause(500, all=True)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.create(fresh("u")), 0.1)
+        # Answered once the pause ends; the cut-off create may or may not have run.
+        record = await store.get("u")
+        assert record is None or record == fresh("u")
+        await store.create(fresh("v"))
+        assert (await store.acquire("v", node="n", client=None)).epoch == 1
+    finally:
+        await admin.aclose()
         await store.close()
 
 

@@ -77,6 +77,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import itertools
 import json
 import math
@@ -88,10 +90,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
-from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+from redis.asyncio.connection import (
+    URL_QUERY_ARGUMENT_PARSERS,
+    AbstractConnection,
+    ConnectionPool,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+try:  # installed with the redis extra; packs a command in C, several times faster
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - redis-py packs commands then
+    _hiredis = None  # type: ignore[assignment]
 
 from tether.backends import BackendError, redact
 from tether.state.base import (
@@ -117,6 +128,11 @@ _CONNECT_TIMEOUT = 2.0
 _REPLY_TIMEOUT = 5.0
 _RETRIES = 2
 _TTL_MARGIN_MS = 86_400_000  # the backstop TTL's delay past expires_at, see the docstring
+
+# What a script call retries (redis-py's own client retries the same two), and how long
+# it waits before each retry.
+_RETRIED: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, TimeoutError)
+_BACKOFF = ExponentialWithJitterBackoff(cap=0.5, base=0.05)
 
 # Errors that mean "cannot serve now, retry later", as opposed to a bug in a script.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -259,6 +275,21 @@ return 1
 """
 
 
+_SCRIPTS: dict[str, tuple[str, str]] = {
+    name: (body, hashlib.sha1(body.encode()).hexdigest())
+    for name, body in {
+        "create": _CREATE_LUA,
+        "get": _GET_LUA,
+        "acquire": _ACQUIRE_LUA,
+        "commit": _COMMIT_LUA,
+        "mark_assembled": _MARK_ASSEMBLED_LUA,
+        "delete": _DELETE_LUA,
+        "expire": _EXPIRE_LUA,
+    }.items()
+}
+"""Each script's body and SHA1, the name ``EVALSHA`` knows it by."""
+
+
 def _float(value: float) -> str:
     """A float as Redis and Lua parse it back exactly (``repr`` round-trips)."""
     number = float(value)
@@ -329,18 +360,80 @@ def _pairs(text: str) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
+class _Connections:
+    """The connections one event loop runs the scripts on: redis-py connections, used
+    directly. Through ``Redis.execute_command`` and its pool an acquire+commit pair cost
+    270 µs of CPU on loopback, against 160 µs this way (``bench/state_stores.py``, the two
+    measured in turn; 85 µs on a quiet machine): the client's pool lock and connection
+    check, its observability hooks, a ``wait_for`` per send and packing the command in
+    Python each took their share. Every append pays it, on the node's one core.
+
+    One call is one command on an idle connection (a new one if none is idle), under one
+    deadline, the reply timeout. A connection whose exchange did not complete (an error,
+    the deadline, a cancelled request) is closed and dropped, so a late reply is never
+    read as the answer to another command. Retries are the caller's
+    (``RedisStateStore._script``)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        kwargs = dict(pool.connection_kwargs)
+        self.deadline: float | None = kwargs.get("socket_timeout")
+        # One deadline for the whole call instead of one per socket operation, and no
+        # retries inside a connection: ``_call`` retries the command as a whole.
+        kwargs["socket_timeout"] = None
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        self._new = functools.partial(pool.connection_class, **kwargs)
+        self._max = pool.max_connections
+        self._open: set[AbstractConnection] = set()
+        self._idle: list[AbstractConnection] = []
+        encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("_", "-")
+        strict = kwargs.get("encoding_errors", "strict") == "strict"
+        self._in_c = _hiredis is not None and encoding in ("utf-8", "utf8") and strict
+
+    async def call(self, *command: str | int) -> Any:
+        """The reply to ``command``; redis-py's exceptions as they come."""
+        if self._idle:
+            conn = self._idle.pop()
+        elif len(self._open) < self._max:
+            conn = self._new()
+            self._open.add(conn)
+        else:
+            raise rx.ConnectionError(f"all {self._max} connections (max_connections) are busy")
+        try:
+            async with asyncio.timeout(self.deadline):
+                if self._in_c:
+                    # (hiredis's stub types the command as a 1-tuple)
+                    packed: Any = _hiredis.pack_command(command)  # type: ignore[arg-type]
+                else:
+                    packed = conn.pack_command(*command)
+                await conn.send_packed_command(packed, check_health=False)
+                reply = await conn.read_response()
+        except rx.ResponseError:
+            self._idle.append(conn)  # the server answered: the connection is in step
+            raise
+        except BaseException:
+            # Not in step any more (redis-py has closed it already on most paths): never
+            # used again, so that no late reply answers another command.
+            self._open.discard(conn)
+            if conn.is_connected:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            raise
+        self._idle.append(conn)
+        return reply
+
+    async def close(self) -> None:
+        conns, self._open, self._idle = self._open, set(), []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+
+
 @dataclass
 class _Link:
-    """One event loop's client, connection pool and scripts."""
+    """One event loop's client (for the commands that are not scripts) and connections."""
 
     client: aioredis.Redis
-    create: AsyncScript
-    get: AsyncScript
-    acquire: AsyncScript
-    commit: AsyncScript
-    mark_assembled: AsyncScript
-    delete: AsyncScript
-    expire: AsyncScript
+    connections: _Connections
     watcher: asyncio.Task[None] | None = None
     verified: bool = False  # durable=True: the server's persistence was checked
 
@@ -385,16 +478,7 @@ class RedisStateStore:
 
     def _open_link(self, loop: asyncio.AbstractEventLoop) -> _Link:
         client = aioredis.Redis.from_url(self._redis_url, **self._options)
-        link = _Link(
-            client=client,
-            create=client.register_script(_CREATE_LUA),
-            get=client.register_script(_GET_LUA),
-            acquire=client.register_script(_ACQUIRE_LUA),
-            commit=client.register_script(_COMMIT_LUA),
-            mark_assembled=client.register_script(_MARK_ASSEMBLED_LUA),
-            delete=client.register_script(_DELETE_LUA),
-            expire=client.register_script(_EXPIRE_LUA),
-        )
+        link = _Link(client=client, connections=_Connections(client.connection_pool))
         link.watcher = loop.create_task(self._watch(loop, link), name=f"{self!r} closer")
         return link
 
@@ -409,6 +493,7 @@ class RedisStateStore:
             # Closing is best effort: the sockets go either way.
             with contextlib.suppress(Exception):
                 await link.client.aclose()
+            await link.connections.close()
 
     async def _link(self) -> _Link:
         if self._closed:
@@ -452,12 +537,27 @@ class RedisStateStore:
             )
 
     async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
+        """Run script ``name`` (by its SHA1, sending its body once the server says it does
+        not know it, e.g. after a restart or ``SCRIPT FLUSH``), retried on connection
+        errors and timeouts as redis-py's client would: ``_RETRIES`` more times, after a
+        short backoff. The scripts' op tokens make a retry of a command that did run
+        harmless (see the module docstring)."""
         link = await self._link()
-        script: AsyncScript = getattr(link, name)
-        try:
-            return await script(keys=keys, args=args)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from exc
+        body, sha = _SCRIPTS[name]
+        failures = 0
+        while True:
+            try:
+                try:
+                    return await link.connections.call("EVALSHA", sha, len(keys), *keys, *args)
+                except rx.NoScriptError:
+                    return await link.connections.call("EVAL", body, len(keys), *keys, *args)
+            except _RETRIED as exc:
+                failures += 1
+                if failures > _RETRIES:
+                    raise self._unavailable(exc) from exc
+                await asyncio.sleep(_BACKOFF.compute(failures))
+            except _UNAVAILABLE as exc:
+                raise self._unavailable(exc) from exc
 
     # -- the StateStore protocol -------------------------------------------------------
 
@@ -580,7 +680,7 @@ def open_from_url(url: str, *, durable: bool = False) -> RedisStateStore:
         raise BackendError(f"{redact(url)!r}: {exc}") from exc
     options: dict[str, Any] = {
         "decode_responses": True,
-        "retry": Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), _RETRIES),
+        "retry": Retry(_BACKOFF, _RETRIES),
     }
     if "socket_connect_timeout" not in given:
         options["socket_connect_timeout"] = _CONNECT_TIMEOUT
