@@ -6,9 +6,12 @@ itself. Here each request is one small header write plus a zero-copy
 ``os.sendfile`` (or one ``send`` from a memoryview of a preloaded
 buffer), and the response is parsed from a reused receive buffer.
 
-Usage (normally driven by run.py, which pins it with ``taskset -c 1``)::
+Usage (normally driven by run.py or cluster.py, which pin it with ``taskset -c 1``)::
 
     python bench/client.py --url http://127.0.0.1:1080/files/ --workload C [--quick]
+
+Several ``--url`` (the nodes of a cluster) send each upload's PATCHes round-robin over
+them, one keep-alive connection per node.
 
 Prints one JSON object describing the run (wall time, bytes, requests,
 upload URLs and their slice of the data file) to stdout or ``--json``.
@@ -275,6 +278,7 @@ class RunResult:
     reconnects: int
     client_cpu_s: float
     send_mode: str
+    nodes: int = 1
     uploads: list[UploadRecord] = field(default_factory=list)
 
 
@@ -302,49 +306,62 @@ class Target:
 
 
 class Uploader:
-    """Runs one tus upload over a (re-openable) keep-alive connection."""
+    """Runs one tus upload over (re-openable) keep-alive connections, one per target.
 
-    def __init__(self, target: Target, payload: Payload) -> None:
-        self.target = target
+    With one target every request goes to it. With several (the nodes of a cluster), the
+    POST goes to the first and each PATCH to the next one round-robin, starting with the
+    second, so consecutive requests of the upload never meet the same node twice in a row.
+    """
+
+    def __init__(self, targets: list[Target], payload: Payload) -> None:
+        self.targets = targets
         self.payload = payload
-        self.conn: HttpConnection | None = None
+        self.conns: list[HttpConnection | None] = [None] * len(targets)
+        self.turn = 0  # index of the target the last request went to
         self.requests = 0
         self.reconnects = 0
 
-    async def _connection(self) -> HttpConnection:
-        if self.conn is None or self.conn.closed:
-            if self.conn is not None:
+    async def _connection(self, index: int) -> HttpConnection:
+        conn = self.conns[index]
+        if conn is None or conn.closed:
+            if conn is not None:
                 self.reconnects += 1
-            self.conn = await HttpConnection.open(
-                self.target.host, self.target.port, self.target.host_header
+            target = self.targets[index]
+            conn = self.conns[index] = await HttpConnection.open(
+                target.host, target.port, target.host_header
             )
-        return self.conn
+        return conn
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        for conn in self.conns:
+            if conn is not None:
+                conn.close()
 
     async def create(self, size: int) -> str:
-        conn = await self._connection()
+        self.turn = 0
+        target = self.targets[0]
+        conn = await self._connection(0)
         headers = [("Tus-Resumable", TUS_VERSION), ("Upload-Length", str(size))]
-        resp = await conn.request("POST", self.target.request_target(self.target.base_url), headers)
+        resp = await conn.request("POST", target.request_target(target.base_url), headers)
         self.requests += 1
         location = resp.header("location")
         if resp.status != 201 or not location:
             raise ProtocolError(
                 f"POST: expected 201 with Location, got {resp.status} {resp.body[:200]!r}"
             )
-        return urljoin(self.target.base_url, location)
+        return urljoin(target.base_url, location)
 
     async def patch(self, url: str, upload_offset: int, data_offset: int, length: int) -> None:
-        conn = await self._connection()
+        self.turn = (self.turn + 1) % len(self.targets)
+        target = self.targets[self.turn]
+        conn = await self._connection(self.turn)
         headers = [
             ("Tus-Resumable", TUS_VERSION),
             ("Upload-Offset", str(upload_offset)),
             ("Content-Type", "application/offset+octet-stream"),
         ]
         resp = await conn.request(
-            "PATCH", self.target.request_target(url), headers, self.payload, data_offset, length
+            "PATCH", target.request_target(url), headers, self.payload, data_offset, length
         )
         self.requests += 1
         if resp.status != 204:
@@ -368,10 +385,10 @@ class Uploader:
 
 
 async def run_workload(
-    target: Target, workload: Workload, payload: Payload
+    targets: list[Target], workload: Workload, payload: Payload
 ) -> tuple[list[UploadRecord], int, int]:
-    """Run all uploads of ``workload`` concurrently, one connection each."""
-    uploaders = [Uploader(target, payload) for _ in range(workload.uploads)]
+    """Run all uploads of ``workload`` concurrently, one connection (per target) each."""
+    uploaders = [Uploader(targets, payload) for _ in range(workload.uploads)]
     try:
         records = await asyncio.gather(
             *(u.upload(*workload.slice_of(i), workload.chunk) for i, u in enumerate(uploaders))
@@ -398,17 +415,18 @@ def open_payload(path: Path, mode: SendMode, size: int) -> Payload:
 
 
 async def benchmark(
-    base_url: str, workload: Workload, payload: Payload, limit_s: float, mode: str
+    base_urls: list[str], workload: Workload, payload: Payload, limit_s: float, mode: str
 ) -> RunResult:
-    target = Target.parse(base_url)
+    targets = [Target.parse(url) for url in base_urls]
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     records, requests, reconnects = await asyncio.wait_for(
-        run_workload(target, workload, payload), limit_s
+        run_workload(targets, workload, payload), limit_s
     )
     wall = time.perf_counter() - t0
     return RunResult(
         workload=workload.name,
-        base_url=base_url,
+        base_url=base_urls[0],
+        nodes=len(base_urls),
         wall_s=wall,
         bytes=workload.total_bytes,
         requests=requests,
@@ -424,7 +442,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--url", required=True, help="tus creation URL, e.g. http://127.0.0.1:1080/files/"
+        "--url",
+        required=True,
+        action="append",
+        help="tus creation URL, e.g. http://127.0.0.1:1080/files/; repeat it (one per node of"
+        " a cluster) to send each upload's PATCHes round-robin over the nodes",
     )
     p.add_argument("--workload", required=True, choices=sorted(workload_table(False)))
     p.add_argument("--quick", action="store_true", help="use the small smoke-test sizes")

@@ -141,14 +141,14 @@ def warm_page_cache(directory: Path, nbytes: int) -> None:
 
 
 def run_client(
-    args: argparse.Namespace, url: str, workload: Workload, data: Path, out: Path
+    args: argparse.Namespace, urls: list[str], workload: Workload, data: Path, out: Path
 ) -> dict[str, Any]:
+    """Run client.py on the client core; several ``urls`` spread PATCHes round-robin."""
     argv = [
         *pinned(CLIENT_CPU, args.nice),
         python_for_servers(),
         str(BENCH / "client.py"),
-        "--url",
-        url,
+        *(arg for url in urls for arg in ("--url", url)),
         "--workload",
         workload.name,
         "--data",
@@ -260,7 +260,7 @@ def measure(
     steal_before = steal_seconds(BENCH_CPUS)
     busy_before = busy_seconds(int(SERVER_CPU))
     with RssSampler(server.pid) as rss:
-        result = run_client(args, server.base_url, workload, data, run_dir / "client.json")
+        result = run_client(args, [server.base_url], workload, data, run_dir / "client.json")
     record.server_cpu_s = tree_cpu_seconds(server.pid) - cpu_before
     record.steal_s = steal_seconds(BENCH_CPUS) - steal_before
     busy = busy_seconds(int(SERVER_CPU)) - busy_before

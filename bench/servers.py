@@ -35,10 +35,19 @@ CLIENT_CPU = "1"
 TETHER_PATH = "/files/"
 
 
-def tether_command(port: int, data_dir: Path, durability: str | None) -> list[str]:
+def tether_command(
+    port: int,
+    data_dir: Path,
+    durability: str | None,
+    *,
+    state: str | None = None,
+    node_id: str | None = None,
+) -> list[str]:
     """The tether command line. Edit this while `tether serve` settles its flags.
 
-    ``--tether-cmd`` on run.py overrides it without editing code.
+    ``--tether-cmd`` on run.py overrides it without editing code. ``state`` replaces the
+    default SQLite file in ``data_dir`` (cluster.py passes a PostgreSQL or Redis URL, so
+    that several nodes sharing ``data_dir`` share their state too).
     """
     cmd = [
         str(TETHER_BIN),
@@ -48,12 +57,14 @@ def tether_command(port: int, data_dir: Path, durability: str | None) -> list[st
         "--port",
         str(port),
         "--state",
-        f"sqlite:///{data_dir}/state.db",
+        state or f"sqlite:///{data_dir}/state.db",
         "--storage",
         f"file://{data_dir}/uploads",
         # The other servers log nothing per request; keep the comparison fair.
         "--no-access-log",
     ]
+    if node_id:
+        cmd += ["--node-id", node_id]
     if durability:
         cmd += ["--durability", durability]
     return cmd
