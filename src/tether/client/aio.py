@@ -163,6 +163,6 @@ class _Run:
         return to_reply(response)
 
 
-async def _stream(data: list[bytes], meter: Meter | None) -> AsyncIterator[bytes]:
+async def _stream(data: bytes, meter: Meter | None) -> AsyncIterator[bytes]:
     for piece in pieces(data, meter):
         yield piece

@@ -84,20 +84,17 @@ class Source:
         self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = os.fstat(self.fd).st_size
 
-    def read(self, body: Slice) -> list[bytes]:
-        """The slice as pieces of at most ``PIECE`` bytes, each its own ``bytes`` object:
-        h11 then hands each piece to the socket as it is (it joins a lone ``bytes``
-        without copying), so the file's bytes are copied once, by ``pread``."""
-        pieces = []
+    def read(self, body: Slice) -> bytes:
+        chunks = []
         position, remaining = body.start, body.length
         while remaining:
-            data = os.pread(self.fd, min(remaining, PIECE), position)
+            data = os.pread(self.fd, min(remaining, 64 * PIECE), position)
             if not data:
                 raise OSError(f"{self.path} ended at {position} (it shrank during the upload)")
-            pieces.append(data)
+            chunks.append(data)
             position += len(data)
             remaining -= len(data)
-        return pieces
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -115,14 +112,13 @@ class Source:
             self.fd = -1
 
 
-def checksum(algorithm: str, pieces: list[bytes]) -> str:
+def checksum(algorithm: str, data: bytes) -> str:
     hasher = new_hasher(algorithm)
-    for piece in pieces:
-        hasher.update(piece)
+    hasher.update(data)
     return f"{algorithm} {base64.b64encode(hasher.digest()).decode('ascii')}"
 
 
-Body = tuple[list[bytes], str | None]  # a slice's bytes in pieces, and its Upload-Checksum
+Body = tuple[bytes, str | None]  # the bytes of a slice, and their Upload-Checksum value
 
 
 class Reader:
@@ -167,16 +163,18 @@ def prepare(request: Request, body: Body | None) -> list[tuple[str, str]]:
         return headers
     data, digest = body
     headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-    headers.append(("Content-Length", str(sum(len(piece) for piece in data))))
+    headers.append(("Content-Length", str(len(data))))
     if digest is not None:
         headers.append(("Upload-Checksum", digest))
     return headers
 
 
-def pieces(data: list[bytes], meter: Meter | None) -> Iterator[bytes]:
-    """The body's pieces, each counted once the socket took it."""
-    for piece in data:
-        yield piece
+def pieces(data: bytes, meter: Meter | None) -> Iterator[bytes]:
+    """The body in pieces (views, not copies), each counted once the socket took it."""
+    view = memoryview(data)
+    for start in range(0, len(view), PIECE):
+        piece = view[start : start + PIECE]
+        yield piece  # type: ignore[misc]  # h11 and the socket take any buffer
         if meter is not None:
             meter.count(len(piece))
 
