@@ -500,7 +500,9 @@ def test_tus_js_client_resumes_from_upload_url_after_mid_request_abort(
     )
     assert_only_resume_conflicts(result["requests"])
     assert result["resumed_from"], "the resumed Upload never asked for the offset"
-    assert 0 < result["resumed_from"][0] < payload.size
+    # Usually the server kept part of the body. Under load it can read all of it before
+    # the abort reaches the socket, and the resumed Upload then finds it complete.
+    assert 0 < result["resumed_from"][0] <= payload.size
     verify_upload(tether, result["url"], payload, metadata)
 
 
