@@ -231,3 +231,24 @@ async def test_a_failed_part_upload_leaves_the_segment_unsettled(
         await writer.close()
     with pytest.raises(ObjectMissing):
         await store.open_segment("u", "e1", 6 * MiB)
+
+
+@pytest.mark.s3
+async def test_a_failed_tail_write_leaves_the_segment_unsettled(
+    store: S3ByteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tail PUT whose outcome is unknown may still land over the tail of a writer that
+    continues the segment: nobody may continue it."""
+    writer = await _write(store, "e1", pattern(3 * MiB, 11), origin=0, flush=False)
+    real = store._call
+
+    async def failing(what: str, operation: str, **kwargs: object) -> object:
+        if operation == "put_object":
+            raise StorageError("timed out after retries")
+        return await real(what, operation, **kwargs)
+
+    monkeypatch.setattr(store, "_call", failing)
+    with pytest.raises(StorageError):
+        await writer.flush(False)
+    with pytest.raises(StorageError):
+        await writer.close()

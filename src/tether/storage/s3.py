@@ -301,7 +301,7 @@ class S3ByteStore:
         response = await self._call(
             f"read {key}", "get_object", Key=key, Range=f"bytes={start}-{start + length - 1}"
         )
-        async with response["Body"] as stream:
+        async with _body(response, key) as stream:
             data: bytes = await stream.read()
         if len(data) != length:
             raise ObjectMissing(f"{key} ends before byte {start + length}")
@@ -320,7 +320,7 @@ class S3ByteStore:
             response = await self._call(f"read {key}", "get_object", Key=key)
         except ObjectMissing:
             return None
-        async with response["Body"] as stream:
+        async with _body(response, key) as stream:
             record = json.loads(await stream.read())
         return _Multipart(str(record["key"]), str(record["upload_id"]), int(record["part_size"]))
 
@@ -612,7 +612,7 @@ class S3ByteStore:
             f"read {key}", "get_object", Key=key, Range=f"bytes={start}-{end - 1}"
         )
         received = 0
-        async with response["Body"] as stream:
+        async with _body(response, key) as stream:
             async for chunk in stream.iter_chunks(_READ_CHUNK):
                 received += len(chunk)
                 yield chunk
@@ -720,12 +720,18 @@ class _S3Writer:
             raise self._unsettled
         end = self._buffer_start + len(self._buffer)
         if self._buffer and end > self._stored:
-            await self._store._call(
-                f"store the tail of {self._segment}",
-                "put_object",
-                Key=self._store._tail_key(self._upload_id, self._segment, self._buffer_start),
-                Body=bytes(self._buffer),
-            )
+            try:
+                await self._store._call(
+                    f"store the tail of {self._segment}",
+                    "put_object",
+                    Key=self._store._tail_key(self._upload_id, self._segment, self._buffer_start),
+                    Body=bytes(self._buffer),
+                )
+            except StorageError as exc:
+                # Like a part: the PUT may still land, over the tail a continuing writer
+                # stores at the same key.
+                self._unsettled = exc
+                raise
         self._stored = end
 
     async def close(self) -> None:
@@ -734,19 +740,41 @@ class _S3Writer:
             raise self._unsettled
 
 
+@contextlib.asynccontextmanager
+async def _body(response: Any, key: str) -> AsyncIterator[Any]:
+    """A response body whose read errors (timeouts, cut connections) are StorageErrors,
+    like those of the request itself."""
+    from aiohttp import ClientError
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        async with response["Body"] as stream:
+            yield stream
+    except (BotoCoreError, ClientError, TimeoutError) as exc:
+        raise StorageError(f"read {key}: {exc}") from exc
+
+
 def _quoted(etag: str) -> str:
     # RGW returns UploadPartCopy's ETag without the quotes AWS puts around it.
     return etag if etag.startswith('"') else f'"{etag}"'
 
 
 async def _gather_limited(calls: Sequence[Awaitable[T]], limit: int) -> list[T]:
+    """Run ``calls``, ``limit`` at a time; the first failure cancels the rest, so no part
+    upload of an assembly that gave up is still on its way."""
     semaphore = asyncio.Semaphore(limit)
 
     async def run(call: Awaitable[T]) -> T:
         async with semaphore:
             return await call
 
-    return list(await asyncio.gather(*(run(c) for c in calls)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(run(c)) for c in calls]
+    except BaseExceptionGroup as group_error:
+        first = group_error.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
 
 
 _SIZE = re.compile(r"(?i)^\s*(\d+)\s*(b|kib|mib|gib|k|m|g)?\s*$")
