@@ -252,3 +252,16 @@ async def test_a_failed_tail_write_leaves_the_segment_unsettled(
         await writer.flush(False)
     with pytest.raises(StorageError):
         await writer.close()
+
+
+@pytest.mark.s3
+async def test_a_stale_writer_starts_no_multipart_upload_after_assembly(
+    store: S3ByteStore, s3: Any
+) -> None:
+    stale = await store.open_segment("u", "e1", 0, origin=0)
+    await stale.write(pattern(MiB, 12))  # less than a part: nothing uploaded yet
+    await _write(store, "e2", pattern(3, 13), origin=0)
+    await store.assemble("u", [Piece("u", "e2", 0, 3)])
+    with pytest.raises(StorageError):
+        await stale.write(pattern(5 * MiB, 14))  # would have started one at the final key
+    assert _multiparts(s3, store) == []

@@ -697,6 +697,12 @@ class _S3Writer:
             )
         try:
             if self._multipart is None:
+                final = self._store.final_key(self._upload_id)
+                if await self._store._size(final) is not None:
+                    # A writer superseded before its first part, after another node
+                    # assembled the upload: a multipart upload started now would outlive
+                    # every clean-up (nothing lists it any more).
+                    raise ObjectMissing(f"{self._upload_id} is assembled")
                 self._multipart = await self._store._start_multipart(
                     self._upload_id, self._segment, self._key, self._part_size
                 )
