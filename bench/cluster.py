@@ -52,6 +52,7 @@ from run import (
     ExpectedHashes,
     RunRecord,
     VerifyError,
+    run_all,
     run_client,
     verify_uploads,
     warm_page_cache,
@@ -302,33 +303,6 @@ def shout(message: str) -> None:
 # ---------------------------------------------------------------- the whole benchmark
 
 
-def run_all(
-    args: argparse.Namespace,
-    setups: list[Setup],
-    workloads: list[Workload],
-    root: Path,
-    data: Path,
-) -> list[ClusterRecord]:
-    expected = ExpectedHashes(data)
-    records: list[ClusterRecord] = []
-    broken: set[str] = set()
-    total = args.reps * len(workloads) * len(setups)
-    for rep in range(1, args.reps + 1):
-        shift = (rep - 1) % len(setups)
-        order = setups[shift:] + setups[:shift]
-        for workload in workloads:
-            for setup in order:
-                if setup.name in broken:
-                    continue
-                rec = timed_run(args, setup, workload, rep, root, data, expected)
-                records.append(rec)
-                progress(len(records), total, rec, workload)
-                if rec.error.startswith("server failed"):
-                    print(f"disabling {setup.name} for the rest of this run", file=sys.stderr)
-                    broken.add(setup.name)
-    return records
-
-
 def progress(n: int, total: int, rec: ClusterRecord, workload: Workload) -> None:
     head = f"[{n}/{total}] rep {rec.rep} {rec.workload} {rec.server:<20}"
     if not rec.ok:
@@ -537,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tether-cluster-run-", dir=args.work_dir))
     started = time.monotonic()
     try:
-        records = run_all(args, setups, workloads, root, data)
+        records = run_all(args, setups, workloads, root, data, timed_run, progress)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

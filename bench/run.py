@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -321,13 +322,19 @@ def _csv(value: str | None) -> list[str]:
 
 def run_all(
     args: argparse.Namespace,
-    specs: list[ServerSpec],
+    specs: list[Any],
     workloads: list[Workload],
     root: Path,
     data: Path,
-) -> list[RunRecord]:
+    timed: Callable[..., Any] | None = None,
+    progress: Callable[..., None] | None = None,
+) -> list[Any]:
+    """Every (workload, spec) pair once per repetition; ``timed``/``progress`` default to
+    this file's (cluster.py passes its own, for its setups and records)."""
+    timed = timed or timed_run
+    progress = progress or _progress
     expected = ExpectedHashes(data)
-    records: list[RunRecord] = []
+    records: list[Any] = []
     broken: set[str] = set()
     total = args.reps * len(workloads) * len(specs)
     for rep in range(1, args.reps + 1):
@@ -338,9 +345,9 @@ def run_all(
             for spec in order:
                 if spec.name in broken:
                     continue
-                rec = timed_run(args, spec, workload, rep, root, data, expected)
+                rec = timed(args, spec, workload, rep, root, data, expected)
                 records.append(rec)
-                _progress(len(records), total, rec, workload)
+                progress(len(records), total, rec, workload)
                 if rec.error.startswith("server failed"):
                     # A server that cannot start will not start next time either.
                     print(f"disabling {spec.name} for the rest of this run", file=sys.stderr)

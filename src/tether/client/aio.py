@@ -4,10 +4,8 @@ parts as tasks). Cancel an upload by cancelling its task, or with ``cancel=async
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -59,19 +57,12 @@ class AsyncClient(ClientBase):
         on_progress: Callable[[ProgressReport], None] | None = None,
         cancel: asyncio.Event | None = None,
     ) -> UploadResult:
-        source = Source(path)
-        try:
-            job = self._job(path, source.size, metadata=metadata, parallel=parallel, digest=digest)
-            meter = Meter(source.size, lambda: job.acknowledged, on_progress)
-            with ThreadPoolExecutor(max(2, parallel + 1), thread_name_prefix="tether-read") as pool:
-                reader = Reader(source, pool, parallel)
-                run = _Run(self, job, source, meter, cancel or asyncio.Event(), reader)
-                result: UploadResult = await run.drive(job.run())
-            self.capabilities = job.capabilities
-            meter.report(force=True)
-            return dataclasses.replace(result, sent=meter.sent)
-        finally:
-            source.close()
+        with self._upload(
+            path, metadata=metadata, parallel=parallel, digest=digest, on_progress=on_progress
+        ) as up:
+            run = _Run(self, up.job, up.source, up.meter, cancel or asyncio.Event(), up.reader)
+            result: UploadResult = await run.drive(up.job.run())
+        return self._finished(up, result)
 
     async def status(self, url: str) -> Status:
         reply = await self._simple(self.dialect.head(url, purpose="status"))

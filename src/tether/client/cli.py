@@ -287,9 +287,8 @@ def _endpoint_of(url: str) -> str:
     return url.rsplit("/", 1)[0] + "/"
 
 
-def run_status(args: argparse.Namespace) -> int:
-    import json
-
+def _on_upload(args: argparse.Namespace, command: str, action: Callable[[Any], Any]) -> Any:
+    """``action(client)`` for ``tether status``/``cancel``; an int exit status on failure."""
     from tether.client import Client, UploadFailed
 
     try:
@@ -299,13 +298,21 @@ def run_status(args: argparse.Namespace) -> int:
             headers=_headers(args.header),
             resume=False,
         ) as client:
-            status = client.status(args.url)
+            return action(client)
     except ValueError as exc:
-        print(f"tether status: {exc}", file=sys.stderr)
+        print(f"tether {command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except UploadFailed as exc:
-        print(f"tether status: {exc}", file=sys.stderr)
+        print(f"tether {command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import json
+
+    status = _on_upload(args, "status", lambda client: client.status(args.url))
+    if isinstance(status, int):
+        return status
     if args.json:
         print(json.dumps(status.__dict__))
         return 0
@@ -322,21 +329,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_cancel(args: argparse.Namespace) -> int:
-    from tether.client import Client, UploadFailed
-
-    try:
-        with Client(
-            _endpoint_of(args.url),
-            protocol=args.protocol,
-            headers=_headers(args.header),
-            resume=False,
-        ) as client:
-            client.cancel(args.url)
-    except ValueError as exc:
-        print(f"tether cancel: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UploadFailed as exc:
-        print(f"tether cancel: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    failed = _on_upload(args, "cancel", lambda client: client.cancel(args.url))
+    if isinstance(failed, int):
+        return failed
     print(f"cancelled {args.url}", file=sys.stderr)
     return 0

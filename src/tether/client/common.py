@@ -3,15 +3,19 @@ what each endpoint offers, and building a job."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tether.client.flow import Settings
-from tether.client.job import Job
+from tether.client.job import Job, UploadResult
 from tether.client.store import NoStore, ResumeStore
+from tether.client.transport import Meter, ProgressReport, Reader, Source
 from tether.client.wire import PROTOCOLS, Capabilities, Dialect, Reply
 
 
@@ -51,6 +55,16 @@ class Status:
         return cls(url, offset, length, complete, metadata, reply.header("upload-expires"))
 
 
+@dataclass
+class _Upload:
+    """One ``upload()`` call's pieces, the same for both drivers."""
+
+    job: Job
+    source: Source
+    meter: Meter
+    reader: Reader
+
+
 class ClientBase:
     def __init__(
         self,
@@ -78,6 +92,30 @@ class ClientBase:
         self.rng = random.Random(seed)
         self.clock = time.monotonic
         self.capabilities: Capabilities | None = None
+
+    @contextlib.contextmanager
+    def _upload(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        metadata: Mapping[str, str] | None,
+        parallel: int,
+        digest: bool,
+        on_progress: Callable[[ProgressReport], None] | None,
+    ) -> Iterator[_Upload]:
+        source = Source(path)
+        try:
+            job = self._job(path, source.size, metadata=metadata, parallel=parallel, digest=digest)
+            meter = Meter(source.size, lambda: job.acknowledged, on_progress)
+            with ThreadPoolExecutor(max(2, parallel + 1), thread_name_prefix="tether-read") as pool:
+                yield _Upload(job, source, meter, Reader(source, pool, parallel))
+        finally:
+            source.close()
+
+    def _finished(self, upload: _Upload, result: UploadResult) -> UploadResult:
+        self.capabilities = upload.job.capabilities
+        upload.meter.report(force=True)
+        return dataclasses.replace(result, sent=upload.meter.sent)
 
     def _job(
         self,

@@ -29,6 +29,7 @@ from tether.client.wire import (
     NetworkFailure,
     Outcome,
     Reply,
+    Request,
     Sleep,
     Slice,
     Step,
@@ -110,7 +111,6 @@ class _Retrier:
         self.clock = clock
         self.rng = rng
         self.failures = 0
-        self.total = 0
         timeout = settings.total_timeout
         self.deadline = None if timeout is None else clock() + timeout
 
@@ -121,7 +121,6 @@ class _Retrier:
         self, url: str | None, why: str, reply: Reply | None = None, *, pause: bool = True
     ) -> Generator[Step, Outcome, None]:
         self.failures += 1
-        self.total += 1
         if self.progress is not None:
             self.progress.retries += 1
         status = reply.status if reply is not None else None
@@ -144,6 +143,20 @@ class _Retrier:
         if delay > 0:
             yield Sleep(delay)
 
+    def exchange(self, request: Request, url: str | None) -> Generator[Step, Outcome, Reply]:
+        """Send ``request`` until a reply comes that retrying would not change: network
+        failures and retryable statuses back off and send it again."""
+        while True:
+            outcome = yield request
+            if isinstance(outcome, NetworkFailure):
+                yield from self.failed(url, outcome.message)
+                continue
+            assert outcome is not None
+            if _retryable(outcome.status):
+                yield from self.failed(url, outcome.reason, outcome)
+                continue
+            return outcome
+
 
 def discover(
     dialect: Dialect,
@@ -154,16 +167,8 @@ def discover(
 ) -> Generator[Step, Outcome, Capabilities]:
     """``OPTIONS`` on the endpoint; a server that refuses it offers the core only."""
     retrier = _Retrier(settings, clock, rng)
-    while True:
-        outcome = yield dialect.options(endpoint)
-        if isinstance(outcome, NetworkFailure):
-            yield from retrier.failed(endpoint, outcome.message)
-            continue
-        assert outcome is not None
-        if _retryable(outcome.status):
-            yield from retrier.failed(endpoint, outcome.reason, outcome)
-            continue
-        return Capabilities.from_reply(outcome)
+    reply = yield from retrier.exchange(dialect.options(endpoint), endpoint)
+    return Capabilities.from_reply(reply)
 
 
 @dataclass
@@ -239,45 +244,34 @@ class UploadFlow:
         if (
             self.length > 0
             and self.settings.creation_with_upload
-            and (self.dialect.is_ietf is False and self.capabilities.offers("creation-with-upload"))
+            and not self.dialect.is_ietf
+            and self.capabilities.offers("creation-with-upload")
         ):
             body = self._slice()
-        while True:
-            request = self.dialect.create(
-                self.endpoint,
-                self.length,
-                metadata=self.metadata,
-                body=body,
-                concat=self.concat,
-            )
-            outcome = yield request
-            if isinstance(outcome, NetworkFailure):
-                # The upload may exist, but without its URL nobody can continue it: create
-                # another (the server expires the orphan).
-                yield from self.retrier.failed(self.endpoint, outcome.message)
-                continue
-            assert outcome is not None
-            if _retryable(outcome.status):
-                yield from self.retrier.failed(self.endpoint, outcome.reason, outcome)
-                continue
-            if outcome.status not in (200, 201):
-                raise _refusal(self.endpoint, outcome, "creating the upload")
-            url = self.dialect.location(outcome, self.endpoint)
-            if url is None:
-                raise UploadFailed(self.endpoint, outcome.status, "the server sent no Location")
-            progress.url = url
-            if self.on_created is not None:
-                self.on_created(url)
-            offset = self.dialect.offset(outcome)
-            if offset is not None or body is None:
-                self._learned(offset or 0)
-                if self.dialect.is_ietf and self.length == 0:
-                    self._complete = True
-                return
-            # The server took the body but did not say how much of it it kept.
-            progress.resyncs += 1
-            yield from self._resync()
+        request = self.dialect.create(
+            self.endpoint, self.length, metadata=self.metadata, body=body, concat=self.concat
+        )
+        # A creation that failed may have made an upload, but without its URL nobody can
+        # continue it: the retry creates another (the server expires the orphan).
+        outcome = yield from self.retrier.exchange(request, self.endpoint)
+        if outcome.status not in (200, 201):
+            raise _refusal(self.endpoint, outcome, "creating the upload")
+        url = self.dialect.location(outcome, self.endpoint)
+        if url is None:
+            raise UploadFailed(self.endpoint, outcome.status, "the server sent no Location")
+        progress.url = url
+        if self.on_created is not None:
+            self.on_created(url)
+        offset = self.dialect.offset(outcome)
+        if offset is not None or body is None:
+            self._learned(offset or 0)
+            if self.dialect.is_ietf and self.length == 0:
+                self._complete = True
             return
+        # The server took the body but did not say how much of it it kept.
+        progress.resyncs += 1
+        yield from self._resync()
+        return
 
     def _appended(
         self, outcome: Outcome, body: Slice, seconds: float
@@ -319,26 +313,18 @@ class UploadFlow:
         """Ask where the upload stands; False if a remembered upload is gone."""
         progress = self.progress
         assert progress.url is not None
-        while True:
-            outcome = yield self.dialect.head(progress.url)
-            if isinstance(outcome, NetworkFailure):
-                yield from self.retrier.failed(progress.url, outcome.message)
-                continue
-            assert outcome is not None
-            if _retryable(outcome.status):
-                yield from self.retrier.failed(progress.url, outcome.reason, outcome)
-                continue
-            if remembered and outcome.status in (403, 404, 410):
-                return False
-            if not 200 <= outcome.status < 300:
-                raise _refusal(progress.url, outcome, "asking where the upload stands")
-            offset = self.dialect.offset(outcome)
-            if offset is None:
-                raise UploadFailed(progress.url, outcome.status, "HEAD carried no Upload-Offset")
-            self._learned(offset)
-            if self.dialect.is_ietf:
-                self._complete = self.dialect.complete(outcome, self.length)
-            return True
+        outcome = yield from self.retrier.exchange(self.dialect.head(progress.url), progress.url)
+        if remembered and outcome.status in (403, 404, 410):
+            return False
+        if not 200 <= outcome.status < 300:
+            raise _refusal(progress.url, outcome, "asking where the upload stands")
+        offset = self.dialect.offset(outcome)
+        if offset is None:
+            raise UploadFailed(progress.url, outcome.status, "HEAD carried no Upload-Offset")
+        self._learned(offset)
+        if self.dialect.is_ietf:
+            self._complete = self.dialect.complete(outcome, self.length)
+        return True
 
 
 def concatenate(
@@ -352,23 +338,16 @@ def concatenate(
 ) -> Generator[Step, Outcome, str]:
     """Create the final upload that joins finished partial uploads (tus concatenation)."""
     retrier = _Retrier(settings, clock, rng)
-    while True:
-        outcome = yield dialect.create(
-            endpoint, 0, metadata=metadata, body=None, concat="final;" + " ".join(parts)
-        )
-        if isinstance(outcome, NetworkFailure):
-            yield from retrier.failed(endpoint, outcome.message)
-            continue
-        assert outcome is not None
-        if _retryable(outcome.status):
-            yield from retrier.failed(endpoint, outcome.reason, outcome)
-            continue
-        if outcome.status not in (200, 201):
-            raise _refusal(endpoint, outcome, "joining the parts")
-        url = dialect.location(outcome, endpoint)
-        if url is None:
-            raise UploadFailed(endpoint, outcome.status, "the server sent no Location")
-        return url
+    request = dialect.create(
+        endpoint, 0, metadata=metadata, body=None, concat="final;" + " ".join(parts)
+    )
+    outcome = yield from retrier.exchange(request, endpoint)
+    if outcome.status not in (200, 201):
+        raise _refusal(endpoint, outcome, "joining the parts")
+    url = dialect.location(outcome, endpoint)
+    if url is None:
+        raise UploadFailed(endpoint, outcome.status, "the server sent no Location")
+    return url
 
 
 def _refusal(url: str | None, reply: Reply, doing: str) -> UploadFailed:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -64,19 +63,12 @@ class Client(ClientBase):
         on_progress: Callable[[ProgressReport], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> UploadResult:
-        source = Source(path)
-        try:
-            job = self._job(path, source.size, metadata=metadata, parallel=parallel, digest=digest)
-            meter = Meter(source.size, lambda: job.acknowledged, on_progress)
-            with ThreadPoolExecutor(max(2, parallel + 1), thread_name_prefix="tether-read") as pool:
-                reader = Reader(source, pool, parallel)
-                run = _Run(self, job, source, meter, cancel or threading.Event(), None, reader)
-                result = run.go()
-            self.capabilities = job.capabilities
-            meter.report(force=True)
-            return dataclasses.replace(result, sent=meter.sent)
-        finally:
-            source.close()
+        with self._upload(
+            path, metadata=metadata, parallel=parallel, digest=digest, on_progress=on_progress
+        ) as up:
+            stop = cancel or threading.Event()
+            result = _Run(self, up.job, up.source, up.meter, stop, None, up.reader).go()
+        return self._finished(up, result)
 
     def status(self, url: str) -> Status:
         reply = self._simple(self.dialect.head(url, purpose="status"))
