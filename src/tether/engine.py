@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import cast
 
 from tether.protocol import errors, ids
 from tether.protocol.checksums import new_hasher
@@ -33,6 +34,7 @@ from tether.state.base import (
 )
 from tether.storage.base import (
     ByteStore,
+    DirectSource,
     ObjectMissing,
     Piece,
     SegmentWriter,
@@ -221,6 +223,7 @@ class UploadService:
             complete=command.complete,
             checksum=command.checksum,
             request=request,
+            content_length=command.body.content_length,
         )
 
     async def _insert(self, record: UploadRecord) -> UploadRecord:
@@ -279,6 +282,7 @@ class UploadService:
             complete=command.complete,
             checksum=command.checksum,
             request=request,
+            content_length=command.body.content_length,
         )
 
     def _check_append(self, record: UploadRecord, command: Append) -> int | None:
@@ -343,6 +347,7 @@ class UploadService:
         complete: bool | None,
         checksum: ChecksumHeader | None,
         request: Interruptible | None,
+        content_length: int | None = None,
     ) -> AppendOutcome:
         upload_id = record.id
         tail = record.continuable_tail()
@@ -400,41 +405,65 @@ class UploadService:
             committed = written
             return record
 
+        # A body the kernel can move into the segment (a socket spliced into a file) skips
+        # Python altogether; only for plain bodies whose end is known to fit the upload.
+        write_from: Callable[[DirectSource, int], Awaitable[int]] | None = None
+        direct = (
+            hasher is None
+            and content_length is not None
+            and getattr(self.storage, "direct_writes", False)
+            and getattr(body, "direct", False)
+            and (limit is None or start_offset + content_length <= limit)
+        )
+
         failure: UploadError | None = None
         try:
             try:
-                async for chunk in body:
-                    n = len(chunk)
-                    if limit is not None and start_offset + written + n > limit:
-                        what = "Upload-Length" if length is not None else "the maximum size"
-                        failure = errors.too_large(f"body goes past {what}")
-                        break
-                    if writer is None:
-                        writer = await self._open_segment(record, name, position)
-                    if hasher is not None:
-                        await writer.write(chunk)
+                if direct:
+                    writer = await self._open_segment(record, name, position)
+                    write_from = getattr(writer, "write_from", None)
+                if write_from is not None:
+                    while True:
+                        room = interval - (position + written) % interval
+                        n = await write_from(cast(DirectSource, body), room)
+                        if n == 0:
+                            break
                         written += n
-                        hasher.update(chunk)
-                        continue
-                    # Commit each time the segment crosses a multiple of the interval, not
-                    # every interval bytes of this request: a store that stores whole parts
-                    # (S3) then commits exactly at its part boundaries, with nothing left
-                    # over to store as a separate piece.
-                    room = interval - (position + written) % interval
-                    if n < room:
-                        await writer.write(chunk)
-                        written += n
-                        continue
-                    view = memoryview(chunk)
-                    while len(view) >= room:
-                        await writer.write(view[:room])
-                        written += room
-                        view = view[room:]
-                        await commit(release=False, final_length=length)
-                        room = interval
-                    if view:
-                        await writer.write(view)
-                        written += len(view)
+                        if n == room:
+                            await commit(release=False, final_length=length)
+                else:
+                    async for chunk in body:
+                        n = len(chunk)
+                        if limit is not None and start_offset + written + n > limit:
+                            what = "Upload-Length" if length is not None else "the maximum size"
+                            failure = errors.too_large(f"body goes past {what}")
+                            break
+                        if writer is None:
+                            writer = await self._open_segment(record, name, position)
+                        if hasher is not None:
+                            await writer.write(chunk)
+                            written += n
+                            hasher.update(chunk)
+                            continue
+                        # Commit each time the segment crosses a multiple of the interval, not
+                        # every interval bytes of this request: a store that stores whole parts
+                        # (S3) then commits exactly at its part boundaries, with nothing left
+                        # over to store as a separate piece.
+                        room = interval - (position + written) % interval
+                        if n < room:
+                            await writer.write(chunk)
+                            written += n
+                            continue
+                        view = memoryview(chunk)
+                        while len(view) >= room:
+                            await writer.write(view[:room])
+                            written += room
+                            view = view[room:]
+                            await commit(release=False, final_length=length)
+                            room = interval
+                        if view:
+                            await writer.write(view)
+                            written += len(view)
             except BodyInterrupted as exc:
                 failure = exc.error
             except StorageError as exc:

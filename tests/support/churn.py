@@ -123,19 +123,7 @@ def get_sha256(
     """GET ``url``, hashing the body as it arrives: (status, body length, sha256 hex)."""
     with rawhttp.connect(url, client, timeout) as sock:
         rawhttp.send_head(sock, "GET", url, {**rawhttp.TUS, "Connection": "close"})
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionError("connection closed before a response")
-            buffer += data
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers, rest = rawhttp.read_head(sock)
         length = int(headers.get("content-length", "0"))
         digest = hashlib.sha256(rest[:length])
         received = min(len(rest), length)

@@ -35,8 +35,8 @@ def send_head(sock: socket.socket, method: str, url: str, headers: dict[str, str
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
 
-def read_response(sock: socket.socket, head_request: bool = False) -> RawResponse:
-    buffer = b""
+def read_head(sock: socket.socket, buffer: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """A response's status and headers (names lower-cased), and the bytes read past them."""
     while b"\r\n\r\n" not in buffer:
         data = sock.recv(65536)
         if not data:
@@ -44,18 +44,35 @@ def read_response(sock: socket.socket, head_request: bool = False) -> RawRespons
         buffer += data
     head, _, rest = buffer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    length = 0 if head_request else int(headers.get("content-length", "0"))
-    while len(rest) < length:
-        data = sock.recv(65536)
-        if not data:
-            break
-        rest += data
-    return RawResponse(status, headers, rest[:length])
+    return int(lines[0].split(" ")[1]), headers, rest
+
+
+def read_response(sock: socket.socket, head_request: bool = False) -> RawResponse:
+    return read_responses(sock, 1, head_request)[0]
+
+
+def read_responses(
+    sock: socket.socket, count: int, head_request: bool = False
+) -> list[RawResponse]:
+    """Read ``count`` responses from one connection; bytes of a later response that arrive
+    with an earlier one are kept for it (pipelined requests)."""
+    buffer = b""
+    responses = []
+    while len(responses) < count:
+        status, headers, buffer = read_head(sock, buffer)
+        length = 0 if head_request else int(headers.get("content-length", "0"))
+        while len(buffer) < length:
+            data = sock.recv(65536)
+            if not data:
+                break
+            buffer += data
+        body, buffer = buffer[:length], buffer[length:]
+        responses.append(RawResponse(status, headers, body))
+    return responses
 
 
 def request(

@@ -40,6 +40,7 @@ from tether.server.body import BodyReader
 from tether.server.config import ServerConfig
 from tether.server.protocol import EXTENSION as INTERIM
 from tether.server.protocol import MESSAGE as INTERIM_MESSAGE
+from tether.server.protocol import SPLICE
 from tether.state.base import StateError, StoreUnavailable, UploadRecord
 from tether.storage.base import ObjectMissing, StorageError
 
@@ -266,7 +267,9 @@ class TetherApp:
             record = await service.head(command.upload_id, client=entry.client)
             return self.renderer.head(command.dialect, record)
         if isinstance(command, Append):
-            body = BodyReader(receive, self.config.body_idle_timeout)
+            body = BodyReader(
+                receive, self.config.body_idle_timeout, scope.get("extensions", {}).get(SPLICE)
+            )
             try:
                 outcome = await service.append(command, body, client=entry.client, request=body)
             finally:
@@ -274,7 +277,9 @@ class TetherApp:
             self._note(entry, outcome.record, outcome.received)
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
-            body = BodyReader(receive, self.config.body_idle_timeout)
+            body = BodyReader(
+                receive, self.config.body_idle_timeout, scope.get("extensions", {}).get(SPLICE)
+            )
             interim = (
                 command.dialect.is_ietf
                 and INTERIM in scope.get("extensions", {})

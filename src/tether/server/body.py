@@ -5,6 +5,9 @@ high-water mark), and this reader hands each buffered chunk to the engine, which
 before asking for the next one. So a request holds at most ~64 KiB plus one chunk of body in
 memory, whatever its size.
 
+Bodies the server can splice (``server/protocol.py``) are also a ``DirectSource``: the
+engine may have their bytes moved into a segment file by the kernel instead.
+
 Idle timeout: one timer per request, re-armed lazily from the time of the last chunk,
 rather than a timeout context per chunk (which cost ~25 µs a chunk on workload A).
 """
@@ -12,11 +15,16 @@ rather than a timeout context per chunk (which cost ~25 µs a chunk on workload 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tether.engine import BodyInterrupted, Interruptible
 from tether.protocol import errors
 from tether.protocol.errors import UploadError
 from tether.server.asgi import Receive
+
+T = TypeVar("T")
+MoveInto = Callable[[int, int], Awaitable[int]]
 
 
 class BodyReader(Interruptible):
@@ -25,6 +33,7 @@ class BodyReader(Interruptible):
         "_idle",
         "_last",
         "_loop",
+        "_move_into",
         "_receive",
         "_stop",
         "_task",
@@ -32,8 +41,11 @@ class BodyReader(Interruptible):
         "_waiting",
     )
 
-    def __init__(self, receive: Receive, idle_timeout: float) -> None:
+    def __init__(
+        self, receive: Receive, idle_timeout: float, splice: dict[str, Any] | None = None
+    ) -> None:
         self._receive = receive
+        self._move_into: MoveInto | None = splice["move_into"] if splice else None
         self._idle = idle_timeout
         self._done = False
         self._stop: UploadError | None = None
@@ -61,30 +73,53 @@ class BodyReader(Interruptible):
             self._timer.cancel()
             self._timer = None
 
+    @property
+    def direct(self) -> bool:
+        """Whether ``move_into`` may be used (before any chunk was iterated)."""
+        return self._move_into is not None
+
+    async def _wait(self, step: Awaitable[T]) -> T:
+        """Await one step of the body under the idle timer and ``interrupt``."""
+        if self._stop is not None:
+            self._finish()
+            raise BodyInterrupted(self._stop)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            self._last = self._loop.time()
+            self._timer = self._loop.call_at(self._last + self._idle, self._watch)
+        self._waiting = True
+        try:
+            result = await step
+        except asyncio.CancelledError:
+            task = self._task
+            if self._stop is not None and task is not None and task.uncancel() == 0:
+                self._finish()
+                raise BodyInterrupted(self._stop) from None
+            raise
+        finally:
+            self._waiting = False
+        self._last = self._loop.time()
+        return result
+
+    async def move_into(self, fd: int, count: int) -> int:
+        assert self._move_into is not None
+        if self._done and self._stop is None:
+            return 0
+        try:
+            n = await self._wait(self._move_into(fd, count))
+        except ConnectionError:
+            self._finish()
+            raise BodyInterrupted(UploadError(400, "client disconnected mid-body")) from None
+        if n == 0:
+            self._finish()
+        return n
+
     async def __anext__(self) -> bytes:
         while True:
-            if self._stop is not None:
-                self._finish()
-                raise BodyInterrupted(self._stop)
-            if self._done:
+            if self._done and self._stop is None:
                 raise StopAsyncIteration
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
-                self._task = asyncio.current_task()
-                self._last = self._loop.time()
-                self._timer = self._loop.call_at(self._last + self._idle, self._watch)
-            self._waiting = True
-            try:
-                message = await self._receive()
-            except asyncio.CancelledError:
-                task = self._task
-                if self._stop is not None and task is not None and task.uncancel() == 0:
-                    self._finish()
-                    raise BodyInterrupted(self._stop) from None
-                raise
-            finally:
-                self._waiting = False
-            self._last = self._loop.time()
+            message = await self._wait(self._receive())
             if message["type"] == "http.disconnect":
                 self._finish()
                 raise BodyInterrupted(UploadError(400, "client disconnected mid-body"))

@@ -14,7 +14,7 @@ from tether.backends import open_state, open_storage, redact
 from tether.engine import EngineConfig, UploadService
 from tether.server.app import TetherApp
 from tether.server.config import ServerConfig
-from tether.server.protocol import TetherHttpToolsProtocol, supported
+from tether.server.protocol import protocol_factory, supported
 
 log = logging.getLogger("tether.server")
 
@@ -83,8 +83,10 @@ def serve(config: ServerConfig) -> int:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        # httptools with fewer body copies and the IETF draft's 104 (server/protocol.py).
-        http=TetherHttpToolsProtocol if supported() else "httptools",
+        # httptools with fewer body copies, spliced bodies and the IETF draft's 104
+        # (server/protocol.py).
+        http=protocol_factory if supported() else "httptools",  # type: ignore[arg-type]
+        ws="none",
         lifespan="on",
         access_log=False,
         log_config=None,

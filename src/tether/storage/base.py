@@ -51,10 +51,25 @@ class SegmentWriter(Protocol):
 
     async def flush(self, durable: bool) -> None: ...
 
+    # Optional, for stores that write local files (their ByteStore says so with
+    # ``direct_writes = True``): ``async def write_from(self, source: DirectSource, count:
+    # int) -> int`` appends up to ``count`` bytes moved by ``source`` (0 at its end); the
+    # engine uses it instead of ``write`` when both sides can.
+
     async def close(self) -> None:
         """Release the writer once nothing it started is still on its way to the store.
         Raises ``StorageError`` when that cannot be known (a write whose outcome is
         unknown): the engine then lets nobody continue the segment."""
+
+
+class DirectSource(Protocol):
+    """A request body that can put its bytes straight into a file (``splice(2)``), without
+    passing them through Python."""
+
+    async def move_into(self, fd: int, count: int) -> int:
+        """Move up to ``count`` bytes into ``fd`` at its file position and return how many;
+        0 at the end of the body. A failure to write ``fd`` raises OSError."""
+        ...
 
 
 class ByteStore(Protocol):

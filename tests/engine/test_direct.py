@@ -1,0 +1,167 @@
+"""Bodies moved into the segment file without passing through the engine (a spliced socket):
+the same commits, fencing and failures as bodies read chunk by chunk."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.contract.backends import FILE_BYTES, MEMORY_BYTES, MEMORY_STATE, SQLITE_STATE
+from tests.engine.support import (
+    INTERVAL,
+    KiB,
+    Stack,
+    Stream,
+    append_command,
+    create,
+    final_bytes,
+    offset_of,
+    open_stack,
+    pattern,
+    sha1,
+)
+from tether.engine import BodyInterrupted, UploadService
+from tether.protocol.errors import UploadError
+from tether.state.base import Commit, UploadRecord
+
+
+class DirectStream(Stream):
+    """A body that writes its bytes into the file it is given, up to ``chunk`` per call, as
+    ``server/protocol.py`` does with splice(2). ``full_at``: the file "fills up" there."""
+
+    direct = True
+
+    def __init__(self, data: bytes, *, full_at: int | None = None, **kwargs: Any) -> None:
+        super().__init__(data, **kwargs)
+        self.full_at = full_at
+        self.moves: list[int] = []  # the ``count`` of each call
+
+    async def move_into(self, fd: int, count: int) -> int:
+        self.moves.append(count)
+        if self._stop is not None:
+            raise BodyInterrupted(self._stop)
+        if self.fail_at is not None and self.sent >= self.fail_at:
+            raise BodyInterrupted(self.fail_with)
+        end = min(self.sent + count, self.sent + self.chunk, len(self.data))
+        if self.fail_at is not None:
+            end = min(end, self.fail_at)
+        if self.full_at is not None and end > self.full_at:
+            os.write(fd, self.data[self.sent : self.full_at])  # a short write, then ENOSPC
+            raise OSError(errno.ENOSPC, "No space left on device")
+        piece = self.data[self.sent : end]
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view) :]
+        self.sent = end
+        return len(piece)
+
+
+@pytest.fixture(params=[(SQLITE_STATE, FILE_BYTES)], ids=["sqlite-file"])
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    state, storage = request.param
+    opened = open_stack(state, storage, tmp_path)
+    yield opened
+    await opened.aclose()
+
+
+def record_commits(engine: UploadService) -> list[Commit]:
+    commits: list[Commit] = []
+    original = engine.state.commit
+
+    async def commit(upload_id: str, change: Commit) -> UploadRecord:
+        commits.append(change)
+        return await original(upload_id, change)
+
+    engine.state.commit = commit  # type: ignore[method-assign]
+    return commits
+
+
+async def send(
+    engine: UploadService, upload: UploadRecord, at: int, body: Stream, *, size: int, **kw: Any
+) -> UploadRecord:
+    command = append_command(upload.id, at, content_length=size, **kw)
+    return (await engine.append(command, body, client="c")).record
+
+
+async def test_direct_bodies_commit_on_interval_boundaries_and_complete(stack: Stack) -> None:
+    engine = stack.engine()
+    source = pattern(10 * INTERVAL + 123, 3)
+    upload = await create(engine, len(source))
+    commits = record_commits(engine)
+    cut = 3 * INTERVAL + 77  # the second body starts mid-interval
+    first = DirectStream(source[:cut], chunk=40 * KiB)
+    await send(engine, upload, 0, first, size=cut)
+    second = DirectStream(source[cut:], chunk=1000 * KiB)
+    record = await send(engine, upload, cut, second, size=len(source) - cut)
+    assert record.complete and record.offset == len(source)
+    # Every mid-body commit falls on a multiple of the interval; none is skipped.
+    midway = [c.offset for c in commits if not c.release]
+    assert midway == [i * INTERVAL for i in range(1, 11)]
+    # No call was asked to move past the next boundary.
+    assert max(second.moves) <= INTERVAL
+    assert await final_bytes(engine, upload.id) == source
+
+
+async def test_a_dropped_direct_body_keeps_every_byte_it_moved(stack: Stack) -> None:
+    engine = stack.engine()
+    source = pattern(6 * INTERVAL, 4)
+    upload = await create(engine, len(source))
+    dropped = DirectStream(source, chunk=7 * KiB, fail_at=2 * INTERVAL + 5000)
+    with pytest.raises(UploadError):
+        await send(engine, upload, 0, dropped, size=len(source))
+    at = await offset_of(engine, upload.id)
+    assert at == 2 * INTERVAL + 5000
+    await send(engine, upload, at, DirectStream(source[at:]), size=len(source) - at)
+    assert await final_bytes(engine, upload.id) == source
+
+
+async def test_a_full_disk_mid_direct_body_answers_507_and_keeps_what_was_committed(
+    stack: Stack,
+) -> None:
+    engine = stack.engine()
+    source = pattern(5 * INTERVAL, 5)
+    upload = await create(engine, len(source))
+    full = DirectStream(source, chunk=16 * KiB, full_at=3 * INTERVAL + 999)
+    with pytest.raises(UploadError) as failure:
+        await send(engine, upload, 0, full, size=len(source))
+    assert failure.value.status == 507
+    at = await offset_of(engine, upload.id)
+    # The bytes of the failed move are not acknowledged (nor anything a short write left).
+    assert 3 * INTERVAL <= at <= 3 * INTERVAL + 999 - 1
+    await send(engine, upload, at, DirectStream(source[at:]), size=len(source) - at)
+    assert await final_bytes(engine, upload.id) == source
+
+
+@pytest.mark.parametrize("why", ["checksum", "unknown length"])
+async def test_checksummed_or_unsized_bodies_are_read_as_chunks(stack: Stack, why: str) -> None:
+    engine = stack.engine()
+    source = pattern(3 * INTERVAL, 6)
+    upload = await create(engine, len(source))
+    body = DirectStream(source)
+    if why == "checksum":  # the hash needs the bytes
+        record = await send(engine, upload, 0, body, size=len(source), checksum=sha1(source))
+    else:  # the engine cannot know the body fits the upload
+        record = await send(engine, upload, 0, body, size=None)  # type: ignore[arg-type]
+    assert record.complete
+    assert body.moves == []  # the bytes came through __anext__
+    assert await final_bytes(engine, upload.id) == source
+
+
+async def test_stores_without_direct_writes_read_chunks(tmp_path: Path) -> None:
+    stack = open_stack(MEMORY_STATE, MEMORY_BYTES, tmp_path)
+    try:
+        engine = stack.engine()
+        source = pattern(3 * INTERVAL + 1, 8)
+        upload = await create(engine, len(source))
+        body = DirectStream(source)
+        record = await send(engine, upload, 0, body, size=len(source))
+        assert record.complete
+        assert body.moves == []
+        assert await final_bytes(engine, upload.id) == source
+    finally:
+        await stack.aclose()
