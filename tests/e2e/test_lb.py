@@ -330,13 +330,16 @@ class Run:
 
     def killer(self) -> None:
         """Once 40% of the bytes are in, SIGKILL the node that owns the most uploads in
-        progress (there is always one while uploads are in progress)."""
+        progress with more than one chunk left: each of those needs a PATCH on another
+        node after the kill, whatever the one in flight manages (a fast server may finish
+        an upload's last PATCH before the kill lands)."""
         total = sum(u.size for u in self.uploads) or 1
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             in_flight = [u for u in self.uploads if u.id and not u.done and 0 < u.offset < u.size]
+            far = [u for u in in_flight if u.size - u.offset > MAX_CHUNK]
             done = sum(u.size if u.done else u.offset for u in self.uploads)
-            if in_flight and done >= 0.4 * total:
-                owners = Counter(node_of(u.id or "") for u in in_flight)
+            if far and done >= 0.4 * total:
+                owners = Counter(node_of(u.id or "") for u in far)
                 victim = owners.most_common(1)[0][0]
                 assert victim is not None
                 self.victim = victim

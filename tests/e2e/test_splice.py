@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,29 @@ def test_expect_100_continue_is_answered_before_a_spliced_body(server: ServerPro
         (response,) = rawhttp.read_responses(sock, 1)
     assert response.status == 204, response
     assert stored_digest(server, url) == hashlib.sha256(data).hexdigest()
+
+
+def test_idle_connections_hold_no_pipe_or_duplicate_socket(server: ServerProcess) -> None:
+    assert server.process is not None
+    fds = Path(f"/proc/{server.process.pid}/fd")
+
+    def pipes() -> int:
+        return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("pipe:"))
+
+    before, pipes_before = len(list(fds.iterdir())), pipes()
+    data = os.urandom(SPLICE_MIN + 4096)
+    socks = []
+    try:
+        for _ in range(20):
+            url = rawhttp.create(server.url, len(data))
+            sock = rawhttp.connect(url)
+            socks.append(sock)
+            sock.sendall(patch_head(url, 0, len(data)) + data)
+            (response,) = rawhttp.read_responses(sock, 1)
+            assert response.status == 204, response
+        # Each idle keep-alive connection costs its socket; the pipe is the process's one.
+        assert len(list(fds.iterdir())) <= before + len(socks) + 2
+        assert pipes() <= pipes_before + 2
+    finally:
+        for sock in socks:
+            sock.close()

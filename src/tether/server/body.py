@@ -78,8 +78,9 @@ class BodyReader(Interruptible):
         """Whether ``move_into`` may be used (before any chunk was iterated)."""
         return self._move_into is not None
 
-    async def _wait(self, step: Awaitable[T]) -> T:
-        """Await one step of the body under the idle timer and ``interrupt``."""
+    async def _wait(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Take one step of the body under the idle timer and ``interrupt`` (the step is
+        only started if the request has not been stopped)."""
         if self._stop is not None:
             self._finish()
             raise BodyInterrupted(self._stop)
@@ -90,7 +91,7 @@ class BodyReader(Interruptible):
             self._timer = self._loop.call_at(self._last + self._idle, self._watch)
         self._waiting = True
         try:
-            result = await step
+            result = await step()
         except asyncio.CancelledError:
             task = self._task
             if self._stop is not None and task is not None and task.uncancel() == 0:
@@ -103,11 +104,12 @@ class BodyReader(Interruptible):
         return result
 
     async def move_into(self, fd: int, count: int) -> int:
-        assert self._move_into is not None
+        move_into = self._move_into
+        assert move_into is not None
         if self._done and self._stop is None:
             return 0
         try:
-            n = await self._wait(self._move_into(fd, count))
+            n = await self._wait(lambda: move_into(fd, count))
         except ConnectionError:
             self._finish()
             raise BodyInterrupted(UploadError(400, "client disconnected mid-body")) from None
@@ -119,7 +121,7 @@ class BodyReader(Interruptible):
         while True:
             if self._done and self._stop is None:
                 raise StopAsyncIteration
-            message = await self._wait(self._receive())
+            message = await self._wait(self._receive)
             if message["type"] == "http.disconnect":
                 self._finish()
                 raise BodyInterrupted(UploadError(400, "client disconnected mid-body"))

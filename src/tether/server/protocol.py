@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -62,6 +63,7 @@ PIPE_SIZE = 1024 * 1024
 HEAD_READ = 16 * 1024
 BODY_READ = 256 * 1024
 _CAN_SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_SPLICE_FILES = True  # until a file system refuses splice (see _Splicer.move)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
@@ -123,49 +125,54 @@ class _Body:
 
 
 class _Splicer:
-    """One connection's pipe, through which the kernel moves body bytes from its socket into
-    a file. It reads and waits on its own duplicate of the socket's descriptor: the event
-    loop refuses to watch a descriptor its transport owns, and the transport's may be
-    closed (and its number reused) while a request still runs."""
+    """The way of one request body from its socket into files, through the process's pipe.
 
-    __slots__ = ("_loop", "_waiter", "capacity", "pipe_r", "pipe_w", "sock")
+    It reads and waits on its own duplicate of the socket's descriptor, open until
+    ``close()``: the event loop refuses to watch a descriptor its transport owns, and the
+    transport's may be closed (and its number reused) while a request still runs. Every
+    ``move`` leaves the pipe empty, so one pipe serves every connection."""
+
+    __slots__ = ("_loop", "_waiter", "sock")
 
     def __init__(self, sock: int, loop: asyncio.AbstractEventLoop) -> None:
+        _pipe()  # fail here, before the socket is taken over, if there can be no pipe
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
         self.sock = os.dup(sock)
-        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        self.capacity: int = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
 
     def move(self, fd: int, count: int) -> int:
         """Move up to ``count`` bytes from the socket into ``fd``: 0 at end of stream,
         BlockingIOError when none have arrived. A failure to write ``fd`` raises
-        ``_FileError`` saying how many bytes left the socket (the pipe is emptied)."""
+        ``_FileError`` saying how many bytes left the socket."""
+        if self.sock < 0:
+            raise ConnectionResetError("connection closed")
+        pipe_r, pipe_w, capacity = _pipe()
         n = os.splice(
-            self.sock,
-            self.pipe_w,
-            min(count, self.capacity),
-            flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
+            self.sock, pipe_w, min(count, capacity), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
         )
         done = 0
         try:
             while done < n:
-                moved = os.splice(self.pipe_r, fd, n - done, flags=os.SPLICE_F_MOVE)
+                try:
+                    moved = os.splice(pipe_r, fd, n - done, flags=os.SPLICE_F_MOVE)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    # This file system takes no splice: copy through user space, and
+                    # offer no more splicing in this process.
+                    _no_splice_into_files()
+                    moved = _write_all(fd, os.read(pipe_r, n - done))
                 if moved == 0:
-                    raise OSError(5, "splice into the file moved nothing")
+                    raise OSError(errno.EIO, "splice into the file moved nothing")
                 done += moved
         except OSError as exc:
-            self._discard(n - done)
+            _empty_pipe(n - done)
             raise _FileError(exc, n) from exc
         return n
 
-    def _discard(self, count: int) -> None:
-        while count > 0:
-            count -= os.splice(self.pipe_r, _devnull(), count, flags=os.SPLICE_F_MOVE)
-
     async def readable(self) -> None:
+        if self.sock < 0:
+            raise ConnectionResetError("connection closed")
         waiter = self._loop.create_future()
         self._waiter = waiter
         self._loop.add_reader(self.sock, _wake, waiter)
@@ -183,9 +190,10 @@ class _Splicer:
             self._loop.remove_reader(self.sock)
             if not waiter.done():
                 waiter.set_exception(ConnectionResetError("connection closed"))
-        for fd in (self.sock, self.pipe_r, self.pipe_w):
+        if self.sock >= 0:
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(self.sock)
+            self.sock = -1
 
 
 class _FileError(Exception):
@@ -197,7 +205,36 @@ class _FileError(Exception):
         self.consumed = consumed
 
 
+_PIPE: tuple[int, int, int] | None = None  # read end, write end, capacity
 _DEVNULL = -1
+
+
+def _pipe() -> tuple[int, int, int]:
+    global _PIPE
+    if _PIPE is None:
+        pipe_r, pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        _PIPE = (pipe_r, pipe_w, fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ))
+    return _PIPE
+
+
+def _empty_pipe(count: int) -> None:
+    """Drop ``count`` bytes a failed move left in the pipe; a pipe that cannot be emptied
+    is replaced."""
+    global _PIPE
+    try:
+        while count > 0:
+            moved = os.splice(_pipe()[0], _devnull(), count, flags=os.SPLICE_F_MOVE)
+            if moved == 0:
+                raise OSError(errno.EIO, "pipe ended early")
+            count -= moved
+    except OSError:
+        if _PIPE is not None:
+            for fd in _PIPE[:2]:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _PIPE = None
 
 
 def _devnull() -> int:
@@ -205,6 +242,18 @@ def _devnull() -> int:
     if _DEVNULL < 0:
         _DEVNULL = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     return _DEVNULL
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(data)
+
+
+def _no_splice_into_files() -> None:
+    global _SPLICE_FILES
+    _SPLICE_FILES = False
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -256,19 +305,21 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     async def _discard_rest(self, cycle: Any, buffered: _Body) -> None:
-        splicer = self._get_splicer()
+        splicer = self._splicer
         left = buffered.unparsed or 0
         try:
-            async with asyncio.timeout(self.timeout_keep_alive):
-                while left:
-                    try:
-                        n = splicer.move(_devnull(), left)
-                    except BlockingIOError:
+            while left and splicer is not None and not self.transport.is_closing():
+                try:
+                    n = splicer.move(_devnull(), left)
+                except BlockingIOError:
+                    # As long as the client keeps sending, however slowly, as uvicorn
+                    # does; a client silent for the keep-alive timeout is let go.
+                    async with asyncio.timeout(self.timeout_keep_alive):
                         await splicer.readable()
-                        continue
-                    if n == 0:
-                        break
-                    left -= n
+                    continue
+                if n == 0:
+                    break
+                left -= n
         except (OSError, _FileError, TimeoutError):
             pass
         if left or self.transport.is_closing():
@@ -278,10 +329,15 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
         self._end_spliced_body(cycle, buffered)
         super().on_response_complete()
 
-    def _get_splicer(self) -> _Splicer:
+    def _take_socket(self) -> _Splicer | None:
+        """The splicer for this body, or None if splicing is not possible now (out of
+        descriptors, say): the body then goes through the parser."""
         if self._splicer is None:
-            sock = self.transport.get_extra_info("socket")
-            self._splicer = _Splicer(sock.fileno(), self.loop)
+            try:
+                sock = self.transport.get_extra_info("socket")
+                self._splicer = _Splicer(sock.fileno(), self.loop)
+            except OSError:
+                return None
         return self._splicer
 
     def _end_spliced_body(self, cycle: Any, buffered: _Body) -> None:
@@ -293,6 +349,9 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
         buffered.spliced = False
         cycle.more_body = False
         self.read_size = HEAD_READ
+        if self._splicer is not None:
+            self._splicer.close()
+            self._splicer = None
 
     def on_body(self, body: bytes) -> None:
         cycle: Any = self.cycle
@@ -362,24 +421,27 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
                     return 0
                 if cycle.disconnected or self.transport.is_closing():
                     raise ConnectionResetError("client disconnected mid-body")
-                if buffered.spliced or left >= SPLICE_MIN:
+                if buffered.spliced:
                     break
-                # A short rest (most of the body came with the headers): not worth a pipe.
+                if left >= SPLICE_MIN and self._take_socket() is not None:
+                    # From here until the body's end the socket is read by splice only.
+                    flow.pause_reading()
+                    buffered.spliced = True
+                    break
+                # A short rest (most of the body came with the headers) is not worth a
+                # pipe; nor is any when none can be had.
                 self.read_size = BODY_READ
                 flow.resume_reading()
                 await cycle.message_event.wait()
                 cycle.message_event.clear()
-            splicer = self._get_splicer()
-            if not buffered.spliced:
-                # From here until the body's end the socket is read by splice only.
-                flow.pause_reading()
-                buffered.spliced = True
+            splicer = self._splicer
+            assert splicer is not None
             while True:
                 try:
                     n = splicer.move(fd, min(count, left))
                 except BlockingIOError:
                     await splicer.readable()
-                    if cycle.disconnected:
+                    if cycle.disconnected or self.transport.is_closing():
                         raise ConnectionResetError("client disconnected mid-body") from None
                     continue
                 except _FileError as exc:
@@ -406,6 +468,7 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
         length = cycle.tether_body.unparsed
         if (
             _CAN_SPLICE
+            and _SPLICE_FILES
             and length is not None
             and length >= SPLICE_MIN
             and self.scheme == "http"  # TLS bytes must be decrypted in user space
