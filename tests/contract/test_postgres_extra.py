@@ -14,7 +14,7 @@ import pytest
 
 from tests.contract.postgres_backend import SERVER_URL, SKIP_REASON, fresh_schema_url
 from tether.backends import BackendError, open_state
-from tether.state.base import StoreUnavailable, UploadRecord
+from tether.state.base import Commit, Segment, StoreUnavailable, UploadRecord
 from tether.state.postgres import PostgresStateStore, parse_url
 
 needs_server = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
@@ -229,15 +229,35 @@ async def test_expired_reads_the_expiry_index(
 
 
 @needs_server
-async def test_synchronous_commit_is_never_off(pg_url: str) -> None:
-    # A session default of off (as ALTER ROLE … SET would give) is turned back on.
-    store = open_state(f"{pg_url}&options=-c%20synchronous_commit%3Doff")
+async def test_only_acquires_and_mid_body_commits_skip_the_flush(pg_url: str) -> None:
+    # A session default of off (as ALTER ROLE … SET would give) is turned back on, and the
+    # statements that commit without a flush turn it off for their own transaction only:
+    # the releasing commit after them, on the same connection, waits for the flush.
+    store = open_state(f"{pg_url}&pool_max=1&options=-c%20synchronous_commit%3Doff")
     assert isinstance(store, PostgresStateStore)
-    await store.check()
+    assert b"set_config('synchronous_commit', 'off', true)" in store._hot_acquire.sql
+    assert b"set_config" in store._hot_commit.sql
+    assert b"set_config" not in store._hot_commit_release.sql
     pool = await store._get_pool()
-    async with pool.connection() as conn:
-        row = await (await conn.execute("SHOW synchronous_commit")).fetchone()
-    assert row == ("on",)
+
+    async def setting() -> tuple[object, ...] | None:
+        async with pool.connection() as conn:  # the store's only connection
+            return await (await conn.execute("SHOW synchronous_commit")).fetchone()
+
+    assert await setting() == ("on",)
+    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    leased = await store.acquire("u", node="n", client=None)
+    assert await setting() == ("on",)
+    mid = Commit(
+        epoch=leased.epoch,
+        expected_offset=0,
+        offset=4,
+        segments=(Segment("e1-ab", 0, 4),),
+        length=10,
+        expires_at=None,
+    )
+    record = await store.commit("u", mid)
+    assert record.offset == 4 and await setting() == ("on",)
     await store.close()
 
 

@@ -31,16 +31,21 @@ The schema is created, or migrated, when a handle is first used: in one transact
 an advisory lock named after the schema, so nodes starting together do not race, and
 recorded in ``tether_schema_version``.
 
-Durability: the ``durable`` flag changes nothing here, and ``synchronous_commit`` is never
-turned off. A PostgreSQL commit is already flushed to the server's WAL before it returns
-(what ``--durability machine`` asks for); on the test machine that flush is ~0.2 ms of the
-~0.45 ms a statement takes. Turning it off per session would survive a crash of the tether
-process (the server holds the WAL), but a crash of the PostgreSQL server would lose the last
-~600 ms (3 x ``wal_writer_delay``) of commits, and with them *acquires*: an epoch would be
-handed out a second time, and so would the segment named after it (``e<epoch>``), to a new
-writer while the old one may still be writing it. That breaks the fencing itself, not only
-recent progress, so the store goes further the other way: if the role or database defaults
-to ``synchronous_commit = off``, its sessions set it back to ``on``.
+Durability: what a client is told is flushed to the server's WAL first. ``create`` and
+releasing commits (the one that ends an append, whose offset the response carries, and the
+one a ``HEAD`` makes) are synchronous, and so is everything else but two statements: an
+``acquire`` and a commit made while a body still streams run with ``synchronous_commit``
+off for their own transaction (``set_config(…, true)``). They wait for no flush (on the
+test machine the flush is about half a statement, and much more while upload data is being
+written back to the same disk), yet nothing they record reaches a client unflushed: the
+WAL is sequential, and the synchronous commit that ends the append flushes them with it.
+A crash of the PostgreSQL server may lose the last ~600 ms (3 x ``wal_writer_delay``) of
+them. That loses progress nobody was told of (the client re-sends it) and may hand out an
+epoch a second time, which the fencing survives: two holders of one epoch still
+compare-and-set on ``received``, so only one extends the upload, and their segments have
+distinct names (``e<epoch>-<random>``). The ``durable`` flag changes nothing here. If the
+role or database defaults to ``synchronous_commit = off``, the sessions set it back to
+``on``, so that the commits above are the only asynchronous ones.
 
 A connection pool belongs to the event loop it was opened on, so a handle opens its pool
 lazily, inside the running loop. A handle used under a new loop after the previous one has
@@ -367,7 +372,7 @@ class PostgresStateStore:
     def __init__(self, url: str, *, durable: bool = False) -> None:
         settings = parse_url(url)
         self.url = url
-        self.durable = durable  # see the module docstring: commits are always synchronous
+        self.durable = durable  # see the module docstring: unused
         self.settings = settings
         params = conninfo_to_dict(settings.conninfo)
         host = params.get("host") or params.get("hostaddr") or "the local socket"
@@ -391,8 +396,11 @@ class PostgresStateStore:
         self._hot_get = _Statement(
             b"tether_get", f"SELECT {_RETURNED} FROM {t} WHERE id = $1".encode()
         )
+        # Joined with this, an UPDATE commits without waiting for the WAL flush (see the
+        # module docstring): the setting lasts until the end of its own transaction.
+        no_flush = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS no_flush"
         self._hot_acquire = _Statement(
-            b"tether_acquire",
+            b"tether_acquire_nf",
             (
                 f"UPDATE {t} SET epoch = epoch + 1,"
                 " client_switches = client_switches + (last_client IS NOT NULL"
@@ -400,17 +408,19 @@ class PostgresStateStore:
                 " node_switches = node_switches"
                 " + (last_node IS NOT NULL AND last_node <> $2::text)::int,"
                 " last_client = COALESCE($1::text, last_client), last_node = $2::text"
-                " WHERE id = $3" + hot
+                f"{no_flush} WHERE id = $3" + hot
             ).encode(),
         )
         commit = (
             f"UPDATE {t} SET received = $1, segments = $2, length = $3, expires_at = $4{{release}}"
-            " WHERE id = $5 AND epoch = $6 AND received = $7" + hot
+            "{from} WHERE id = $5 AND epoch = $6 AND received = $7" + hot
         )
-        self._hot_commit = _Statement(b"tether_commit", commit.format(release="").encode())
+        self._hot_commit = _Statement(
+            b"tether_commit_nf", commit.format(release="", **{"from": no_flush}).encode()
+        )
         self._hot_commit_release = _Statement(
             b"tether_commit_release",
-            commit.format(release=", tail = $8, tail_epoch = epoch").encode(),
+            commit.format(release=", tail = $8, tail_epoch = epoch", **{"from": ""}).encode(),
         )
         self._sessions: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _Session] = (
             weakref.WeakKeyDictionary()
