@@ -429,7 +429,8 @@ class UploadService:
                         if n == 0:
                             break
                         written += n
-                        if n == room:
+                        # (At the body's end the releasing commit follows at once.)
+                        if n == room and written != content_length:
                             await commit(release=False, final_length=length)
                 else:
                     async for chunk in body:
@@ -459,7 +460,8 @@ class UploadService:
                             await writer.write(view[:room])
                             written += room
                             view = view[room:]
-                            await commit(release=False, final_length=length)
+                            if written != content_length:
+                                await commit(release=False, final_length=length)
                             room = interval
                         if view:
                             await writer.write(view)

@@ -165,3 +165,20 @@ async def test_stores_without_direct_writes_read_chunks(tmp_path: Path) -> None:
         assert await final_bytes(engine, upload.id) == source
     finally:
         await stack.aclose()
+
+
+@pytest.mark.parametrize("kind", [DirectStream, Stream])
+async def test_a_body_ending_on_a_boundary_is_committed_once_there(
+    stack: Stack, kind: type[Stream]
+) -> None:
+    engine = stack.engine()
+    source = pattern(4 * INTERVAL, 9)
+    upload = await create(engine, len(source))
+    commits = record_commits(engine)
+    await send(engine, upload, 0, kind(source[: 2 * INTERVAL], chunk=24 * KiB), size=2 * INTERVAL)
+    # One commit at the first boundary; the second is the body's end: the release only.
+    assert [(c.offset, c.release) for c in commits] == [(INTERVAL, False), (2 * INTERVAL, True)]
+    rest = kind(source[2 * INTERVAL :], chunk=24 * KiB)
+    record = await send(engine, upload, 2 * INTERVAL, rest, size=2 * INTERVAL)
+    assert record.complete
+    assert await final_bytes(engine, upload.id) == source
