@@ -1,6 +1,6 @@
 """uvicorn's httptools protocol, adjusted for upload bodies and interim responses.
 
-Three changes, all confined to how one request's body and interim responses move between
+Four changes, all confined to how one request's body and interim responses move between
 the socket and the app:
 
 - **Fewer copies of every body byte.** Stock uvicorn appends each parsed body piece to a
@@ -13,7 +13,6 @@ the socket and the app:
   hints, sends 103 with ``Link``), and uvicorn sends none but ``100 Continue``. The app may
   send ``{"type": "tether.http.informational", "status": 104, "headers": [...]}`` before
   its response starts; the scope's ``extensions`` name ``tether.informational`` when it can.
-
 - **Bodies moved by the kernel.** A body with a ``Content-Length`` of at least
   ``SPLICE_MIN`` may be moved from the socket into a file with ``splice(2)`` through a pipe,
   never entering user space: the scope's ``extensions`` carry ``tether.splice`` with a
@@ -23,7 +22,6 @@ the socket and the app:
   rest of a body the app abandoned (takeover, full disk) is spliced into ``/dev/null``
   after the response, as uvicorn discards unread bodies, so the client reads its answer
   and may reuse the connection.
-
 - **Reads sized by what comes next.** The protocol is fed through a buffered protocol
   (``protocol_factory``), so it chooses each read's size: ``HEAD_READ`` bytes while a
   request's headers are awaited, so that little of a body to be spliced passes through
