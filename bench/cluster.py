@@ -52,6 +52,7 @@ from run import (
     ExpectedHashes,
     RunRecord,
     VerifyError,
+    noise_warnings,
     run_all,
     run_client,
     verify_uploads,
@@ -308,15 +309,7 @@ def progress(n: int, total: int, rec: ClusterRecord, workload: Workload) -> None
     if not rec.ok:
         print(f"{head} FAILED", flush=True)
         return
-    warn = ""
-    if rec.client_cpu_s > 0.8 * rec.wall_s:
-        warn += "  (client CPU near saturation: figure may be client-bound)"
-    if rec.steal_s > 0.05 * rec.wall_s:
-        warn += f"  (hypervisor stole {rec.steal_s:.2f}s CPU: noisy run)"
-    if rec.foreign_cpu_s > 0.05 * rec.wall_s:
-        warn += f"  (other processes used {rec.foreign_cpu_s:.2f}s on the server's core)"
-    if rec.reconnects:
-        warn += f"  ({rec.reconnects} reconnects)"
+    warn = noise_warnings(rec)
     print(
         f"{head} {rec.figure(workload.metric):8.1f} {workload.metric:<5} "
         f"wall {rec.wall_s:7.3f}s  server {rec.server_us_per_request:6.0f} us/req  "

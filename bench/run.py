@@ -355,10 +355,9 @@ def run_all(
     return records
 
 
-def _progress(n: int, total: int, rec: RunRecord, workload: Workload) -> None:
-    if not rec.ok:
-        print(f"[{n}/{total}] rep {rec.rep} {rec.workload} {rec.server:<16} FAILED", flush=True)
-        return
+def noise_warnings(rec: Any) -> str:
+    """What made a timed run's figure doubtful, for its progress line (a ``RunRecord`` or
+    anything with the same timing fields)."""
     warn = ""
     if rec.client_cpu_s > 0.8 * rec.wall_s:
         warn += "  (client CPU near saturation: figure may be client-bound)"
@@ -368,6 +367,14 @@ def _progress(n: int, total: int, rec: RunRecord, workload: Workload) -> None:
         warn += f"  (other processes used {rec.foreign_cpu_s:.2f}s on the server's core: noisy run)"
     if rec.reconnects:
         warn += f"  ({rec.reconnects} reconnects: server closed keep-alive connections)"
+    return warn
+
+
+def _progress(n: int, total: int, rec: RunRecord, workload: Workload) -> None:
+    if not rec.ok:
+        print(f"[{n}/{total}] rep {rec.rep} {rec.workload} {rec.server:<16} FAILED", flush=True)
+        return
+    warn = noise_warnings(rec)
     print(
         f"[{n}/{total}] rep {rec.rep} {rec.workload} {rec.server:<16} "
         f"{rec.figure(workload.metric):9.1f} {workload.metric:<5} wall {rec.wall_s:7.3f}s "

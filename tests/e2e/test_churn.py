@@ -465,15 +465,7 @@ class Run:
         upload.done = True
 
     def worker(self, work: queue.Queue[Upload]) -> None:
-        while not self.stop.is_set():
-            try:
-                upload = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.run_upload(upload)
-            except Exception as exc:
-                upload.error = f"{type(exc).__name__}: {exc}"
+        churn.work_through(work, self.stop, self.run_upload)
 
     # the node killer
 

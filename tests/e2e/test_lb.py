@@ -318,15 +318,7 @@ class Run:
         raise Failed("the finished upload could not be read back")
 
     def worker(self, work: queue.Queue[Upload]) -> None:
-        while not self.stop.is_set():
-            try:
-                upload = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                self.run_upload(upload)
-            except Exception as exc:
-                upload.error = f"{type(exc).__name__}: {exc}"
+        churn.work_through(work, self.stop, self.run_upload)
 
     def killer(self) -> None:
         """Once 40% of the bytes are in, SIGKILL the node that owns the most uploads in

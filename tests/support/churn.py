@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import random
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.support import rawhttp
 
@@ -178,3 +181,17 @@ def switch_totals(texts: Iterable[str]) -> dict[str, int]:
         "client_switches": sum(clients.values()),
         "append_lines": lines,
     }
+
+
+def work_through(work: queue.Queue[Any], stop: threading.Event, run: Callable[[Any], None]) -> None:
+    """A client thread: run the queued uploads until none is left or ``stop`` is set,
+    recording on each upload (``error``) why it failed instead of ending the thread."""
+    while not stop.is_set():
+        try:
+            upload = work.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            run(upload)
+        except Exception as exc:
+            upload.error = f"{type(exc).__name__}: {exc}"

@@ -82,14 +82,13 @@ def encode_interim(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
 class _Body:
     """A request's buffered body pieces, in the place of uvicorn's ``bytearray``."""
 
-    __slots__ = ("pieces", "size", "spliced", "unparsed")
+    __slots__ = ("pieces", "size", "unparsed")
 
     def __init__(self, length: int | None = None) -> None:
         self.pieces: collections.deque[bytes] = collections.deque()
         self.size = 0
         # Bytes of a Content-Length body the parser has not seen (None: no Content-Length).
         self.unparsed = length
-        self.spliced = False  # the socket is being read by splice, not by the transport
 
     def write_into(self, fd: int, count: int) -> int:
         """Write up to ``count`` buffered bytes to ``fd``; OSErrors are the file's."""
@@ -158,7 +157,8 @@ class _Splicer:
                         raise
                     # This file system takes no splice: copy through user space, and
                     # offer no more splicing in this process.
-                    _no_splice_into_files()
+                    global _SPLICE_FILES
+                    _SPLICE_FILES = False
                     moved = _write_all(fd, os.read(pipe_r, n - done))
                 if moved == 0:
                     raise OSError(errno.EIO, "splice into the file moved nothing")
@@ -249,11 +249,6 @@ def _write_all(fd: int, data: bytes) -> int:
     return len(data)
 
 
-def _no_splice_into_files() -> None:
-    global _SPLICE_FILES
-    _SPLICE_FILES = False
-
-
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -272,6 +267,8 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class TetherHttpToolsProtocol(HttpToolsProtocol):
+    # The socket of the body being spliced (the socket is read by splice, not by the
+    # transport, until the body's end); None otherwise.
     _splicer: _Splicer | None = None
     _discarding: asyncio.Task[None] | None = None
     read_size = HEAD_READ
@@ -296,7 +293,7 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         cycle: Any = self.cycle
         buffered: _Body | None = getattr(cycle, "tether_body", None)
-        if buffered is not None and buffered.spliced and not self.transport.is_closing():
+        if buffered is not None and self._splicer is not None and not self.transport.is_closing():
             # The app answered before the body's end, which is still in the socket.
             self._discarding = self.loop.create_task(self._discard_rest(cycle, buffered))
             return
@@ -344,7 +341,6 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
         self.parser = httptools.HttpRequestParser(self)
         with contextlib.suppress(AttributeError):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        buffered.spliced = False
         cycle.more_body = False
         self.read_size = HEAD_READ
         if self._splicer is not None:
@@ -384,7 +380,7 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 cycle.waiting_for_100_continue = False
             buffered: _Body = cycle.tether_body
-            if buffered.spliced:
+            if self._splicer is not None:
                 raise RuntimeError("receive() while the body is being spliced")
             if not buffered.pieces and not cycle.disconnected and not cycle.response_complete:
                 self.read_size = BODY_READ
@@ -419,12 +415,11 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
                     return 0
                 if cycle.disconnected or self.transport.is_closing():
                     raise ConnectionResetError("client disconnected mid-body")
-                if buffered.spliced:
+                if self._splicer is not None:
                     break
                 if left >= SPLICE_MIN and self._take_socket() is not None:
                     # From here until the body's end the socket is read by splice only.
                     flow.pause_reading()
-                    buffered.spliced = True
                     break
                 # A short rest (most of the body came with the headers) is not worth a
                 # pipe; nor is any when none can be had.
