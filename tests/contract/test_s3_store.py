@@ -20,6 +20,7 @@ from tether.storage.s3 import (
     WRITER_PARTS,
     Range,
     S3ByteStore,
+    _Multipart,
     _S3Writer,
     part_size_for,
     plan_parts,
@@ -265,3 +266,78 @@ async def test_a_stale_writer_starts_no_multipart_upload_after_assembly(
     with pytest.raises(StorageError):
         await stale.write(pattern(5 * MiB, 14))  # would have started one at the final key
     assert _multiparts(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_stale_parts_too_many_to_overwrite_are_completed_and_copied_around(
+    store: S3ByteStore, s3: Any
+) -> None:
+    """The first segment's writer committed one part, then uploaded three more before it
+    was superseded; the 1 MiB after the takeover cannot overwrite three part numbers with
+    parts of 5 MiB, and RGW will not complete while they are left out."""
+    data = pattern(6 * MiB, 15)
+    stale = await _write(store, "e1", data[:PART], origin=0)
+    stale = await store.open_segment("u", "e1", PART, origin=0)
+    await stale.write(pattern(3 * PART, 16))
+    await _write(store, "e2", data[PART:], origin=PART)
+    pieces = [Piece("u", "e1", 0, PART), Piece("u", "e2", 0, MiB)]
+    await store.assemble("u", pieces)
+    await assert_final(store, "u", data)
+    assert _keys(s3, store) == ["u"]
+    assert _multiparts(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_an_assembly_cut_off_after_completing_stale_parts_is_finished_later(
+    store: S3ByteStore, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = pattern(6 * MiB, 17)
+    await _write(store, "e1", data[:PART], origin=0)
+    stale = await store.open_segment("u", "e1", PART, origin=0)
+    await stale.write(pattern(2 * PART, 18))
+    await _write(store, "e2", data[PART:], origin=PART)
+    pieces = [Piece("u", "e1", 0, PART), Piece("u", "e2", 0, MiB)]
+    real = store._call
+
+    async def dying(what: str, operation: str, **kwargs: object) -> object:
+        if operation == "create_multipart_upload":  # the copy after the completion
+            raise StorageError("node died")
+        return await real(what, operation, **kwargs)
+
+    monkeypatch.setattr(store, "_call", dying)
+    with pytest.raises(StorageError):
+        await store.assemble("u", pieces)
+    # The final key holds the committed part and the stale ones: not the upload's size.
+    assert s3.head_object(Bucket=store.bucket, Key="up/u")["ContentLength"] == 3 * PART
+    monkeypatch.setattr(store, "_call", real)
+    await store.assemble("u", pieces)
+    await assert_final(store, "u", data)
+    assert _multiparts(s3, store) == []
+
+
+@pytest.mark.s3
+async def test_completing_past_the_commit_never_leaves_the_uploads_length(
+    store: S3ByteStore, s3: Any
+) -> None:
+    """Parts past the commit S3 would refuse become zeros; a last one that would give the
+    final object the upload's length is cut, since that length means assembly is done."""
+    key = store.final_key("u")
+    started = s3.create_multipart_upload(Bucket=store.bucket, Key=key)
+    base = _Multipart(key, started["UploadId"], PART)
+    etags = {}
+    for number, size in ((1, PART), (2, MiB), (3, MiB)):
+        uploaded = s3.upload_part(
+            Bucket=store.bucket,
+            Key=key,
+            UploadId=base.upload_id,
+            PartNumber=number,
+            Body=pattern(size, number),
+        )
+        etags[number] = uploaded["ETag"]
+    total = 2 * PART + MiB  # what parts 1..3 would hold once part 2 is padded to 5 MiB
+    extra = [(2, etags[2], MiB), (3, etags[3], MiB)]
+    await store._complete_past_commit(base, [(1, etags[1])], extra, total)
+    head = s3.head_object(Bucket=store.bucket, Key=key)
+    assert head["ContentLength"] == 2 * PART + 1
+    first = s3.get_object(Bucket=store.bucket, Key=key, Range=f"bytes=0-{PART - 1}")
+    assert first["Body"].read() == pattern(PART, 1)

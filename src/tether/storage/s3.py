@@ -29,6 +29,9 @@ segment's whole parts by UploadPartCopy; pieces too small to be parts are downlo
 uploaded together. A superseded writer may have uploaded parts past its commit: assembly
 overwrites them (RGW refuses to complete while any uploaded part is left out), and a part
 replaced after it was listed changes its ETag, so completion is refused and tried again.
+When the rest of the upload is too short to overwrite them with parts of 5 MiB, the first
+segment is completed as it stands, stale parts and all, and its committed parts are copied
+out of that object into a new multipart upload at the same key.
 The final object existing with the upload's length is the only sign that assembly is
 done, so any number of nodes may assemble at once and a node may die anywhere in between.
 """
@@ -98,6 +101,11 @@ def _missing(exc: BaseException) -> bool:
     return _code(exc) in {"NoSuchKey", "NoSuchUpload", "404", "NotFound", "InvalidRange"}
 
 
+class TooFewBytes(StorageError):
+    """The bytes to assemble cannot fill the part numbers a superseded writer used with
+    parts of at least 5 MiB."""
+
+
 class PartsChanged(StorageError):
     """CompleteMultipartUpload refused the part list: a part was uploaded or replaced since
     it was listed (a stale writer, or another node assembling). RGW also refuses a list
@@ -160,7 +168,7 @@ def plan_parts(
     if len(parts) < at_least:
         size = total // at_least
         if size < MIN_PART:
-            raise StorageError(f"{total} bytes cannot fill {at_least} parts of 5 MiB")
+            raise TooFewBytes(f"{total} bytes cannot fill {at_least} parts of 5 MiB")
         parts = _cut(sources, first_number, size, size)
     if parts and parts[-1].number > last_number:
         raise StorageError(f"{total} bytes need more than {slots} parts")
@@ -407,11 +415,12 @@ class S3ByteStore:
     async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
         final = self.final_key(upload_id)
         total = sum(p.length for p in pieces)
-        if await self._size(final) == total:
+        existing = await self._size(final)
+        if existing == total:
             await self._drop_segments(upload_id)
             return
         try:
-            await self._assemble(upload_id, list(pieces), total)
+            await self._assemble(upload_id, list(pieces), total, existing)
         except StorageError:
             # Another node may have finished first, and dropped what this one was reading.
             if await self._size(final) == total:
@@ -422,7 +431,11 @@ class S3ByteStore:
             raise StorageError(f"assembled {final} has {size} bytes, not {total}")
         await self._drop_segments(upload_id)
 
-    async def _assemble(self, upload_id: str, pieces: list[Piece], total: int) -> None:
+    async def _assemble(
+        self, upload_id: str, pieces: list[Piece], total: int, existing: int | None
+    ) -> None:
+        """``existing``: the size of the object at the final key, if there is one (and it
+        is not the upload: see ``_complete_past_commit``)."""
         final = self.final_key(upload_id)
         if total == 0:
             await self._call(f"write {final}", "put_object", Key=final, Body=b"")
@@ -445,7 +458,14 @@ class S3ByteStore:
                 if multipart.key == final:
                     if index != 0 or piece.start != 0:
                         raise StorageError(f"segment {piece.segment} is misplaced at {final}")
-                    base, kept = multipart, count
+                    if existing is None:
+                        base, kept = multipart, count
+                    elif existing >= whole:
+                        # An earlier assembly completed the segment's parts in place,
+                        # a superseded writer's after them (_complete_past_commit).
+                        sources.append(Range(final, 0, whole))
+                    else:
+                        raise StorageError(f"{final} has {existing} bytes, not {whole} or more")
                 else:
                     await self._complete_segment(multipart, count)
                     sources.append(Range(multipart.key, piece.start, whole - piece.start))
@@ -459,8 +479,11 @@ class S3ByteStore:
                     )
                 )
         if base is not None:
-            await self._complete_in_place(base, kept, sources)
-            return
+            if await self._complete_in_place(base, kept, sources, total):
+                return
+            # Now an object at the final key, holding the committed parts and more after
+            # them: copied from like any other segment, into a new multipart upload there.
+            sources.insert(0, Range(final, 0, kept * base.part_size))
         plan = plan_parts(sources, 1, MAX_PARTS)
         created = await self._call(f"start {final}", "create_multipart_upload", Key=final)
         own = _Multipart(final, str(created["UploadId"]), 0)
@@ -478,9 +501,10 @@ class S3ByteStore:
 
     async def _whole_parts(
         self, multipart: _Multipart, count: int
-    ) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-        """The ETags of parts 1..count, each a whole part (else ``ObjectMissing``), and of
-        the parts after them (a superseded writer's, or a discarded chunk's)."""
+    ) -> tuple[list[tuple[int, str]], list[tuple[int, str, int]]]:
+        """The ETags of parts 1..count, each a whole part (else ``ObjectMissing``), and the
+        ETags and sizes of the parts after them (a superseded writer's, a discarded
+        chunk's, or an earlier assembly's)."""
         listed = await self._list_parts(multipart)
         parts = []
         for number in range(1, count + 1):
@@ -488,28 +512,88 @@ class S3ByteStore:
             if found is None or found[1] != multipart.part_size:
                 raise ObjectMissing(f"part {number} of {multipart.key} is missing or torn")
             parts.append((number, found[0]))
-        extra = sorted((n, etag) for n, (etag, _) in listed.items() if n > count)
+        extra = sorted((n, etag, size) for n, (etag, size) in listed.items() if n > count)
         return parts, extra
 
-    async def _complete_in_place(self, base: _Multipart, count: int, sources: list[Range]) -> None:
+    async def _complete_in_place(
+        self, base: _Multipart, count: int, sources: list[Range], total: int
+    ) -> bool:
         """Complete the first segment's multipart upload as the final object: its first
         ``count`` parts stay, the rest of the upload is added as parts after them. Parts
         past ``count`` that a superseded writer uploaded are overwritten, since RGW will
         not complete while any uploaded part is left out; if one is replaced meanwhile,
-        its ETag no longer matches and completion is refused and tried again."""
+        its ETag no longer matches and completion is refused and tried again.
+
+        False when the rest of the upload is too short to overwrite them with parts of
+        5 MiB: the multipart upload is then completed as it is (``_complete_past_commit``)
+        for the caller to copy the committed parts from."""
         for _ in range(_RETRIES):
             kept, extra = await self._whole_parts(base, count)
             overwrite = extra[-1][0] - count if extra else 0
-            plan = plan_parts(sources, count + 1, MAX_PARTS, at_least=overwrite)
+            try:
+                plan = plan_parts(sources, count + 1, MAX_PARTS, at_least=overwrite)
+            except TooFewBytes:
+                await self._complete_past_commit(base, kept, extra, total)
+                return False
             added = await _gather_limited(
                 [self._make_part(base, part) for part in plan], _ASSEMBLY_CONCURRENCY
             )
             try:
                 await self._complete(base, kept + added)
-                return
+                return True
             except PartsChanged as exc:
                 log.info("retrying assembly of %s: %s", base.key, exc)
         raise StorageError(f"the parts of {base.key} kept changing; assembly gave up")
+
+    async def _complete_past_commit(
+        self,
+        base: _Multipart,
+        kept: list[tuple[int, str]],
+        extra: list[tuple[int, str, int]],
+        total: int,
+    ) -> None:
+        """Complete the first segment's multipart upload with every part it has, those past
+        the committed ``kept`` included (RGW insists on all of them), so that the
+        committed parts become copyable. The object this leaves at the final key must be
+        valid for S3 and must not have the upload's length, which would mark the assembly
+        done (``assemble``): parts past the committed ones hold nothing anybody reads, so
+        those S3 would refuse (under 5 MiB, not last) become 5 MiB of zeros, and the last
+        one a byte or two if the length came out as the upload's."""
+        size = base.part_size
+        for _ in range(_RETRIES):
+            padded: list[tuple[int, str]] = []
+            length = len(kept) * size
+            for index, (number, etag, part) in enumerate(extra):
+                last = index == len(extra) - 1
+                if not last and part < MIN_PART:
+                    etag, part = await self._put_part(base, number, bytes(MIN_PART)), MIN_PART
+                elif last and length + part == total:
+                    part = 2 if part == 1 else 1
+                    etag = await self._put_part(base, number, bytes(part))
+                padded.append((number, etag))
+                length += part
+            try:
+                await self._complete(base, kept + padded)
+                return
+            except PartsChanged as exc:
+                log.info("retrying completion of %s: %s", base.key, exc)
+            except ObjectMissing:
+                if await self._size(base.key) is not None:
+                    return  # completed by another node meanwhile
+                raise
+            kept, extra = await self._whole_parts(base, len(kept))
+        raise StorageError(f"the parts of {base.key} kept changing; assembly gave up")
+
+    async def _put_part(self, target: _Multipart, number: int, data: bytes) -> str:
+        uploaded = await self._call(
+            f"upload part {number} of {target.key}",
+            "upload_part",
+            Key=target.key,
+            UploadId=target.upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        return str(uploaded["ETag"])
 
     async def _complete_segment(self, multipart: _Multipart, count: int) -> None:
         """Make a segment an object to copy from, holding at least its first ``count``
@@ -522,7 +606,7 @@ class S3ByteStore:
                 return
             try:
                 kept, extra = await self._whole_parts(multipart, count)
-                await self._complete(multipart, kept + extra)
+                await self._complete(multipart, kept + [(n, etag) for n, etag, _ in extra])
                 return
             except (ObjectMissing, PartsChanged) as exc:
                 # Completed meanwhile by another node, or a stale writer added a part.
@@ -543,15 +627,7 @@ class S3ByteStore:
             )
             return part.number, str(copied["CopyPartResult"]["ETag"])
         data = b"".join([await self._get(r.key, r.start, r.length) for r in part.ranges])
-        uploaded = await self._call(
-            f"upload part {part.number} of {target.key}",
-            "upload_part",
-            Key=target.key,
-            UploadId=target.upload_id,
-            PartNumber=part.number,
-            Body=data,
-        )
-        return part.number, str(uploaded["ETag"])
+        return part.number, await self._put_part(target, part.number, data)
 
     async def _drop_segments(self, upload_id: str) -> None:
         """Remove segment objects and abort every multipart upload of ``upload_id``: once
