@@ -341,3 +341,26 @@ async def test_completing_past_the_commit_never_leaves_the_uploads_length(
     assert head["ContentLength"] == 2 * PART + 1
     first = s3.get_object(Bucket=store.bucket, Key=key, Range=f"bytes=0-{PART - 1}")
     assert first["Body"].read() == pattern(PART, 1)
+
+
+@pytest.mark.s3
+async def test_a_stale_writer_racing_the_assembly_aborts_its_multipart_upload(
+    store: S3ByteStore, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer checks that the upload is not assembled, the assembly and its clean-up
+    finish, then the writer starts its multipart upload: nothing would ever abort it."""
+    stale = await store.open_segment("u", "e1", 0, origin=0)
+    await stale.write(pattern(MiB, 19))
+    await _write(store, "e2", pattern(3, 20), origin=0)
+    await store.assemble("u", [Piece("u", "e2", 0, 3)])
+    real = store._size
+    answers = [None]  # the check that ran before the assembly finished
+
+    async def late(key: str) -> int | None:
+        return answers.pop() if answers else await real(key)
+
+    monkeypatch.setattr(store, "_size", late)
+    with pytest.raises(ObjectMissing):
+        await stale.write(pattern(5 * MiB, 21))
+    assert _multiparts(s3, store) == []
+    assert _keys(s3, store) == ["u"]

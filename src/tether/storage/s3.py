@@ -346,6 +346,17 @@ class S3ByteStore:
         )
         return multipart
 
+    async def _abort(self, multipart: _Multipart) -> None:
+        """Abort a multipart upload, as far as one can: what fails is for the bucket's
+        lifecycle rule (README)."""
+        with contextlib.suppress(StorageError):
+            await self._call(
+                f"abort {multipart.key}",
+                "abort_multipart_upload",
+                Key=multipart.key,
+                UploadId=multipart.upload_id,
+            )
+
     async def _list_parts(self, multipart: _Multipart) -> dict[int, tuple[str, int]]:
         """Part number -> (ETag, size) of an unfinished multipart upload."""
         parts: dict[int, tuple[str, int]] = {}
@@ -493,10 +504,7 @@ class S3ByteStore:
             )
             await self._complete(own, added)
         except BaseException:
-            with contextlib.suppress(StorageError):
-                await self._call(
-                    f"abort {final}", "abort_multipart_upload", Key=final, UploadId=own.upload_id
-                )
+            await self._abort(own)
             raise
 
     async def _whole_parts(
@@ -779,9 +787,21 @@ class _S3Writer:
                     # assembled the upload: a multipart upload started now would outlive
                     # every clean-up (nothing lists it any more).
                     raise ObjectMissing(f"{self._upload_id} is assembled")
-                self._multipart = await self._store._start_multipart(
+                multipart = await self._store._start_multipart(
                     self._upload_id, self._segment, self._key, self._part_size
                 )
+                if await self._store._size(final) is not None:
+                    # Assembled between the check and the start: its clean-up may have
+                    # listed the multipart uploads before this one existed.
+                    await self._store._abort(multipart)
+                    with contextlib.suppress(StorageError):
+                        await self._store._call(
+                            f"drop the record of {self._segment}",
+                            "delete_object",
+                            Key=f"{self._store._segment_key(self._upload_id, self._segment)}.mpu",
+                        )
+                    raise ObjectMissing(f"{self._upload_id} is assembled")
+                self._multipart = multipart
             await self._store._call(
                 f"upload part {number} of {self._key}",
                 "upload_part",
