@@ -229,14 +229,15 @@ async def test_expired_reads_the_expiry_index(
 
 
 @needs_server
-async def test_only_acquires_and_mid_body_commits_skip_the_flush(pg_url: str) -> None:
+async def test_flushes_are_skipped_for_their_own_transaction_only(pg_url: str) -> None:
     # A session default of off (as ALTER ROLE … SET would give) is turned back on, and the
     # statements that commit without a flush turn it off for their own transaction only:
-    # the releasing commit after them, on the same connection, waits for the flush.
+    # the statement after them, on the same connection, waits for the flush.
     store = open_state(f"{pg_url}&pool_max=1&options=-c%20synchronous_commit%3Doff")
     assert isinstance(store, PostgresStateStore)
     assert b"set_config('synchronous_commit', 'off', true)" in store._hot_acquire.sql
     assert b"set_config" in store._hot_commit.sql
+    assert b"set_config" in store._hot_commit_release_nf.sql
     assert b"set_config" not in store._hot_commit_release.sql
     pool = await store._get_pool()
 
@@ -259,6 +260,36 @@ async def test_only_acquires_and_mid_body_commits_skip_the_flush(pg_url: str) ->
     record = await store.commit("u", mid)
     assert record.offset == 4 and await setting() == ("on",)
     await store.close()
+
+
+async def _statements_of_an_append(url: str, ends: int, *, durable: bool) -> set[str]:
+    """The statements an upload of 10 bytes ran, creation to a release at ``ends``."""
+    store = open_state(f"{url}&pool_max=1", durable=durable)
+    assert isinstance(store, PostgresStateStore)
+    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    leased = await store.acquire("u", node="n", client=None)
+    segments = (Segment("e2-ab", 0, ends),)
+    release = Commit(leased.epoch, 0, ends, segments, 10, None, release=True, release_tail="e2-ab")
+    assert (await store.commit("u", release)).offset == ends
+    ran = {name.decode() for session in store._sessions.values() for name in session.prepared}
+    await store.close()
+    return ran
+
+
+@needs_server
+@pytest.mark.parametrize(
+    ("durability", "ends", "flushed"),
+    [("process", 4, False), ("process", 10, True), ("machine", 4, True), ("machine", 10, True)],
+)
+async def test_what_a_releasing_commit_waits_for(
+    pg_url: str, durability: str, ends: int, flushed: bool
+) -> None:
+    """With ``--durability process`` an acknowledged offset may wait for the WAL writer
+    (a PostgreSQL crash may lose it, and the client re-sends); a completed upload never
+    does, and with ``machine`` nothing a client is told does."""
+    ran = await _statements_of_an_append(pg_url, ends, durable=durability == "machine")
+    assert ("tether_commit_release" in ran) is flushed
+    assert ("tether_commit_release_nf" in ran) is not flushed
 
 
 # -- event loops -------------------------------------------------------------------------

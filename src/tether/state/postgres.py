@@ -31,19 +31,27 @@ The schema is created, or migrated, when a handle is first used: in one transact
 an advisory lock named after the schema, so nodes starting together do not race, and
 recorded in ``tether_schema_version``.
 
-Durability: what a client is told is flushed to the server's WAL first. ``create`` and
-releasing commits (the one that ends an append, whose offset the response carries, and the
-one a ``HEAD`` makes) are synchronous, and so is everything else but two statements: an
-``acquire`` and a commit made while a body still streams run with ``synchronous_commit``
-off for their own transaction (``set_config(…, true)``). They wait for no flush (on the
-test machine the flush is about half a statement, and much more while upload data is being
-written back to the same disk), yet nothing they record reaches a client unflushed: the
-WAL is sequential, and the synchronous commit that ends the append flushes them with it.
-A crash of the PostgreSQL server may lose the last ~600 ms (3 x ``wal_writer_delay``) of
-them. That loses progress nobody was told of (the client re-sends it) and may hand out an
-epoch a second time, which the fencing survives: two holders of one epoch still
-compare-and-set on ``received``, so only one extends the upload, and their segments have
-distinct names (``e<epoch>-<random>``). The ``durable`` flag changes nothing here. If the
+Durability follows ``--durability``, as it does for the bytes. Some statements run with
+``synchronous_commit`` off for their own transaction (``set_config(…, true)``): they wait
+for no WAL flush, which on the test machine is about half a statement, and much more while
+upload data is being written back to the same disk. Which ones:
+
+- Always: an ``acquire``, and a commit made while a body still streams. Nothing they
+  record reaches a client unflushed: the WAL is sequential, and the commit that ends the
+  append flushes them with it when it is synchronous.
+- With ``durable=False`` (``--durability process``), also a releasing commit that does not
+  complete the upload: the end of an append, or a ``HEAD``. An acknowledged offset then
+  survives any crash of tether, as bytes in the page cache and SQLite's
+  ``synchronous=NORMAL`` do, but a crash of the PostgreSQL server (or its machine) may
+  lose the last ~600 ms (3 x ``wal_writer_delay``) of them. The client's next ``PATCH``
+  meets a ``409`` and it re-sends from the offset a ``HEAD`` gives.
+- ``create``, a commit that completes an upload, and everything else are synchronous
+  whatever the setting. A client walks away once told its upload is complete, and
+  re-sending cannot repair a lost completion or a lost upload.
+
+A lost asynchronous commit may hand out an epoch a second time, which the fencing
+survives: two holders of one epoch still compare-and-set on ``received``, so only one
+extends the upload, and their segments have distinct names (``e<epoch>-<random>``). If the
 role or database defaults to ``synchronous_commit = off``, the sessions set it back to
 ``on``, so that the commits above are the only asynchronous ones.
 
@@ -372,7 +380,7 @@ class PostgresStateStore:
     def __init__(self, url: str, *, durable: bool = False) -> None:
         settings = parse_url(url)
         self.url = url
-        self.durable = durable  # see the module docstring: unused
+        self.durable = durable  # synchronous releases (see the module docstring)
         self.settings = settings
         params = conninfo_to_dict(settings.conninfo)
         host = params.get("host") or params.get("hostaddr") or "the local socket"
@@ -418,9 +426,13 @@ class PostgresStateStore:
         self._hot_commit = _Statement(
             b"tether_commit_nf", commit.format(release="", **{"from": no_flush}).encode()
         )
+        release = ", tail = $8, tail_epoch = epoch"
         self._hot_commit_release = _Statement(
-            b"tether_commit_release",
-            commit.format(release=", tail = $8, tail_epoch = epoch", **{"from": ""}).encode(),
+            b"tether_commit_release", commit.format(release=release, **{"from": ""}).encode()
+        )
+        self._hot_commit_release_nf = _Statement(
+            b"tether_commit_release_nf",
+            commit.format(release=release, **{"from": no_flush}).encode(),
         )
         self._sessions: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _Session] = (
             weakref.WeakKeyDictionary()
@@ -678,11 +690,16 @@ class PostgresStateStore:
             commit.epoch,
             commit.expected_offset,
         ]
+        statement = self._hot_commit
         if commit.release:
             params.append(commit.release_tail)
-        record = await self._hot(
-            self._hot_commit_release if commit.release else self._hot_commit, params
-        )
+            completes = commit.length is not None and commit.offset == commit.length
+            statement = (
+                self._hot_commit_release
+                if self.durable or completes
+                else self._hot_commit_release_nf
+            )
+        record = await self._hot(statement, params)
         if record is None:
             raise StaleLease(upload_id)
         return record
