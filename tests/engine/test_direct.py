@@ -182,3 +182,23 @@ async def test_a_body_ending_on_a_boundary_is_committed_once_there(
     record = await send(engine, upload, 2 * INTERVAL, rest, size=2 * INTERVAL)
     assert record.complete
     assert await final_bytes(engine, upload.id) == source
+
+
+async def test_a_commit_refused_mid_body_stops_the_body(stack: Stack) -> None:
+    engine = stack.engine()
+    source = pattern(6 * INTERVAL, 7)
+    upload = await create(engine, len(source))
+    body = DirectStream(source, chunk=4 * KiB)
+    original = engine.state.commit
+
+    async def taken_over(upload_id: str, change: Commit) -> UploadRecord:
+        if not change.release and change.offset == 2 * INTERVAL:
+            await engine.state.acquire(upload_id, node="elsewhere", client=None)
+        return await original(upload_id, change)
+
+    engine.state.commit = taken_over  # type: ignore[method-assign]
+    with pytest.raises(UploadError) as failure:
+        await send(engine, upload, 0, body, size=len(source))
+    assert failure.value.status == 409
+    assert body.sent == 2 * INTERVAL  # stopped there, not read to the end
+    assert await offset_of(engine, upload.id) == INTERVAL
