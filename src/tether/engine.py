@@ -363,6 +363,7 @@ class UploadService:
         durable = self.config.durable
         writer = None
         start_offset = record.offset
+        declaring = record.length is None  # so a length this request gives is a first
         written = 0  # bytes of this body written to the segment
         committed = 0  # of which committed
         if request is not None:
@@ -397,6 +398,7 @@ class UploadService:
                 expires_at=self._expires(),
                 release=release,
                 release_tail=tail if release else None,
+                settle=release and declaring and final_length is not None,
             )
             try:
                 record = await self.state.commit(upload_id, new)

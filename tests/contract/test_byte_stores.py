@@ -146,6 +146,22 @@ class TestFilesystemByteStore:
             await store.open_segment("u", "e1", 5)
         assert files(root, "u") == ["data"]
 
+    async def test_a_segment_has_one_writer_at_a_time(self, root: Path) -> None:
+        """Two nodes holding the same epoch (a state store that lost a lease) both continue
+        the released tail: the second is refused until the first closes it."""
+        first_node, second_node = FilesystemByteStore(root), FilesystemByteStore(root)
+        await write_segment(first_node, "u", "e1", b"12345")
+        first = await first_node.open_segment("u", "e1", 5)
+        with pytest.raises(ObjectMissing):
+            await second_node.open_segment("u", "e1", 5)
+        await first.write(b"678")
+        await first.close()
+        second = await second_node.open_segment("u", "e1", 8)
+        await second.write(b"9")
+        await second.close()
+        await second_node.assemble("u", [Piece("u", "e1", 0, 9)])
+        await assert_final(second_node, "u", b"123456789")
+
     async def test_opening_a_segment_of_an_assembled_upload_leaves_nothing(
         self, store: FilesystemByteStore, root: Path
     ) -> None:

@@ -259,17 +259,26 @@ async def test_flushes_are_skipped_for_their_own_transaction_only(pg_url: str) -
     )
     record = await store.commit("u", mid)
     assert record.offset == 4 and await setting() == ("on",)
+    release = Commit(leased.epoch, 4, 6, (Segment("e1-ab", 0, 6),), 10, None, release=True)
+    record = await store.commit("u", release)  # not complete: no flush either
+    assert record.offset == 6 and await setting() == ("on",)
+    ran = {name for session in store._sessions.values() for name in session.prepared}
+    assert ran >= {b"tether_acquire_nf", b"tether_commit_nf", b"tether_commit_release_nf"}
     await store.close()
 
 
-async def _statements_of_an_append(url: str, ends: int, *, durable: bool) -> set[str]:
+async def _statements_of_an_append(
+    url: str, ends: int, *, durable: bool, settle: bool = False
+) -> set[str]:
     """The statements an upload of 10 bytes ran, creation to a release at ``ends``."""
     store = open_state(f"{url}&pool_max=1", durable=durable)
     assert isinstance(store, PostgresStateStore)
-    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    await store.create(UploadRecord(id="u", length=None if settle else 10, created_at=1.0))
     leased = await store.acquire("u", node="n", client=None)
     segments = (Segment("e2-ab", 0, ends),)
-    release = Commit(leased.epoch, 0, ends, segments, 10, None, release=True, release_tail="e2-ab")
+    release = Commit(
+        leased.epoch, 0, ends, segments, 10, None, "e2-ab", release=True, settle=settle
+    )
     assert (await store.commit("u", release)).offset == ends
     ran = {name.decode() for session in store._sessions.values() for name in session.prepared}
     await store.close()
@@ -278,16 +287,24 @@ async def _statements_of_an_append(url: str, ends: int, *, durable: bool) -> set
 
 @needs_server
 @pytest.mark.parametrize(
-    ("durability", "ends", "flushed"),
-    [("process", 4, False), ("process", 10, True), ("machine", 4, True), ("machine", 10, True)],
+    ("durability", "ends", "settle", "flushed"),
+    [
+        ("process", 4, False, False),
+        ("process", 10, False, True),
+        ("process", 4, True, True),
+        ("machine", 4, False, True),
+        ("machine", 10, False, True),
+    ],
 )
 async def test_what_a_releasing_commit_waits_for(
-    pg_url: str, durability: str, ends: int, flushed: bool
+    pg_url: str, durability: str, ends: int, settle: bool, flushed: bool
 ) -> None:
     """With ``--durability process`` an acknowledged offset may wait for the WAL writer
-    (a PostgreSQL crash may lose it, and the client re-sends); a completed upload never
-    does, and with ``machine`` nothing a client is told does."""
-    ran = await _statements_of_an_append(pg_url, ends, durable=durability == "machine")
+    (a PostgreSQL crash may lose it, and the client re-sends); a completed upload or a
+    first declared length never does, and with ``machine`` nothing a client is told
+    does."""
+    machine = durability == "machine"
+    ran = await _statements_of_an_append(pg_url, ends, durable=machine, settle=settle)
     assert ("tether_commit_release" in ran) is flushed
     assert ("tether_commit_release_nf" in ran) is not flushed
 

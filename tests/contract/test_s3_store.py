@@ -5,6 +5,7 @@ Parts here are 5 MiB, the smallest S3 allows, so multi-part uploads stay small."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -241,14 +242,7 @@ async def test_a_failed_tail_write_leaves_the_segment_unsettled(
     """A tail PUT whose outcome is unknown may still land over the tail of a writer that
     continues the segment: nobody may continue it."""
     writer = await _write(store, "e1", pattern(3 * MiB, 11), origin=0, flush=False)
-    real = store._call
-
-    async def failing(what: str, operation: str, **kwargs: object) -> object:
-        if operation == "put_object":
-            raise StorageError("timed out after retries")
-        return await real(what, operation, **kwargs)
-
-    monkeypatch.setattr(store, "_call", failing)
+    _failing(store, monkeypatch, "put_object")
     with pytest.raises(StorageError):
         await writer.flush(False)
     with pytest.raises(StorageError):
@@ -268,6 +262,31 @@ async def test_a_stale_writer_starts_no_multipart_upload_after_assembly(
     assert _multiparts(s3, store) == []
 
 
+async def _one_part_then_stale_ones(
+    store: S3ByteStore, seed: int, stale: int
+) -> tuple[bytes, list[Piece]]:
+    """An upload of 6 MiB whose first segment's writer committed one part, then uploaded
+    ``stale`` more before it was superseded; e2 holds the last MiB."""
+    data = pattern(6 * MiB, seed)
+    await _write(store, "e1", data[:PART], origin=0)
+    writer = await store.open_segment("u", "e1", PART, origin=0)
+    await writer.write(pattern(stale * PART, seed + 1))
+    await _write(store, "e2", data[PART:], origin=PART)
+    return data, [Piece("u", "e1", 0, PART), Piece("u", "e2", 0, MiB)]
+
+
+def _failing(store: S3ByteStore, monkeypatch: pytest.MonkeyPatch, operation: str) -> None:
+    """Every ``operation`` of ``store`` fails from now on (the other calls go through)."""
+    real = store._call
+
+    async def call(what: str, op: str, **kwargs: object) -> object:
+        if op == operation:
+            raise StorageError(f"{op} failed after retries")
+        return await real(what, op, **kwargs)
+
+    monkeypatch.setattr(store, "_call", call)
+
+
 @pytest.mark.s3
 async def test_stale_parts_too_many_to_overwrite_are_completed_and_copied_around(
     store: S3ByteStore, s3: Any
@@ -275,12 +294,7 @@ async def test_stale_parts_too_many_to_overwrite_are_completed_and_copied_around
     """The first segment's writer committed one part, then uploaded three more before it
     was superseded; the 1 MiB after the takeover cannot overwrite three part numbers with
     parts of 5 MiB, and RGW will not complete while they are left out."""
-    data = pattern(6 * MiB, 15)
-    stale = await _write(store, "e1", data[:PART], origin=0)
-    stale = await store.open_segment("u", "e1", PART, origin=0)
-    await stale.write(pattern(3 * PART, 16))
-    await _write(store, "e2", data[PART:], origin=PART)
-    pieces = [Piece("u", "e1", 0, PART), Piece("u", "e2", 0, MiB)]
+    data, pieces = await _one_part_then_stale_ones(store, 15, 3)
     await store.assemble("u", pieces)
     await assert_final(store, "u", data)
     assert _keys(s3, store) == ["u"]
@@ -291,25 +305,13 @@ async def test_stale_parts_too_many_to_overwrite_are_completed_and_copied_around
 async def test_an_assembly_cut_off_after_completing_stale_parts_is_finished_later(
     store: S3ByteStore, s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = pattern(6 * MiB, 17)
-    await _write(store, "e1", data[:PART], origin=0)
-    stale = await store.open_segment("u", "e1", PART, origin=0)
-    await stale.write(pattern(2 * PART, 18))
-    await _write(store, "e2", data[PART:], origin=PART)
-    pieces = [Piece("u", "e1", 0, PART), Piece("u", "e2", 0, MiB)]
-    real = store._call
-
-    async def dying(what: str, operation: str, **kwargs: object) -> object:
-        if operation == "create_multipart_upload":  # the copy after the completion
-            raise StorageError("node died")
-        return await real(what, operation, **kwargs)
-
-    monkeypatch.setattr(store, "_call", dying)
-    with pytest.raises(StorageError):
-        await store.assemble("u", pieces)
+    data, pieces = await _one_part_then_stale_ones(store, 17, 2)
+    with monkeypatch.context() as patch:
+        _failing(store, patch, "create_multipart_upload")  # dies before copying
+        with pytest.raises(StorageError):
+            await store.assemble("u", pieces)
     # The final key holds the committed part and the stale ones: not the upload's size.
     assert s3.head_object(Bucket=store.bucket, Key="up/u")["ContentLength"] == 3 * PART
-    monkeypatch.setattr(store, "_call", real)
     await store.assemble("u", pieces)
     await assert_final(store, "u", data)
     assert _multiparts(s3, store) == []
@@ -362,5 +364,39 @@ async def test_a_stale_writer_racing_the_assembly_aborts_its_multipart_upload(
     monkeypatch.setattr(store, "_size", late)
     with pytest.raises(ObjectMissing):
         await stale.write(pattern(5 * MiB, 21))
+    assert _multiparts(s3, store) == []
+    assert _keys(s3, store) == ["u"]
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("other_finishes", [True, False], ids=["finished", "cut-off"])
+async def test_an_assembly_overtaken_by_another_node_goes_on_from_what_it_left(
+    store: S3ByteStore,
+    s3: Any,
+    s3_gateway: S3Service,
+    monkeypatch: pytest.MonkeyPatch,
+    other_finishes: bool,
+) -> None:
+    """While this node lists the first segment's parts, another completes it: as the
+    upload, or (it died before copying) stale parts and all."""
+    data, pieces = await _one_part_then_stale_ones(store, 22, 2)
+    other = open_storage(s3_gateway.url(store.bucket, "up") + "&part_size=5MiB")
+    assert isinstance(other, S3ByteStore)
+    real_list = store._list_parts
+    if not other_finishes:
+        _failing(other, monkeypatch, "create_multipart_upload")
+
+    async def overtaken(multipart: Any) -> dict[int, tuple[str, int]]:
+        monkeypatch.setattr(store, "_list_parts", real_list)
+        with contextlib.suppress(StorageError):
+            await other.assemble("u", pieces)
+        return await real_list(multipart)
+
+    monkeypatch.setattr(store, "_list_parts", overtaken)
+    try:
+        await store.assemble("u", pieces)
+    finally:
+        await other.close()
+    await assert_final(store, "u", data)
     assert _multiparts(s3, store) == []
     assert _keys(s3, store) == ["u"]

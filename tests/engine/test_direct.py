@@ -202,3 +202,24 @@ async def test_a_commit_refused_mid_body_stops_the_body(stack: Stack) -> None:
     assert failure.value.status == 409
     assert body.sent == 2 * INTERVAL  # stopped there, not read to the end
     assert await offset_of(engine, upload.id) == INTERVAL
+
+
+async def test_only_the_release_that_first_gives_the_length_asks_to_settle(stack: Stack) -> None:
+    """A length lost with a state store's crash could not be repaired by re-sending bytes,
+    so the commit that records it asks the store to make it survive one."""
+    engine = stack.engine()
+    source = pattern(3 * INTERVAL, 8)
+    upload = await create(engine, None)  # deferred length
+    commits = record_commits(engine)
+    await send(engine, upload, 0, DirectStream(source[:INTERVAL]), size=INTERVAL)
+    cut = 2 * INTERVAL + 5
+    body = DirectStream(source[INTERVAL:cut])
+    await send(engine, upload, INTERVAL, body, size=cut - INTERVAL, length=len(source))
+    await send(engine, upload, cut, DirectStream(source[cut:]), size=len(source) - cut)
+    assert [(c.release, c.length, c.settle) for c in commits] == [
+        (True, None, False),
+        (False, len(source), False),  # mid-body: the release after it settles both
+        (True, len(source), True),
+        (True, len(source), False),  # completes it: the store flushes that anyway
+    ]
+    assert await final_bytes(engine, upload.id) == source

@@ -101,6 +101,10 @@ class Commit:
     expires_at: float | None
     release_tail: str | None = None  # segment to leave continuable; needs ``release``
     release: bool = False
+    # The change must survive a crash of the store's server before the call returns, even
+    # where the store would otherwise answer sooner (PostgreSQL under --durability
+    # process): set for a first declared length, which re-sending bytes cannot restore.
+    settle: bool = False
 
 
 class StateStore(Protocol):

@@ -45,15 +45,21 @@ upload data is being written back to the same disk. Which ones:
   ``synchronous=NORMAL`` do, but a crash of the PostgreSQL server (or its machine) may
   lose the last ~600 ms (3 x ``wal_writer_delay``) of them. The client's next ``PATCH``
   meets a ``409`` and it re-sends from the offset a ``HEAD`` gives.
-- ``create``, a commit that completes an upload, and everything else are synchronous
-  whatever the setting. A client walks away once told its upload is complete, and
-  re-sending cannot repair a lost completion or a lost upload.
+- ``create``, a commit that completes an upload, one that records a length the upload
+  did not have (``Commit.settle``), and everything else are synchronous whatever the
+  setting. A client walks away once told its upload is complete, and re-sending bytes
+  cannot repair a lost completion, a lost length or a lost upload. A lost release may
+  also take back the expiry it extended, by the same ~600 ms.
 
 A lost asynchronous commit may hand out an epoch a second time, which the fencing
 survives: two holders of one epoch still compare-and-set on ``received``, so only one
-extends the upload, and their segments have distinct names (``e<epoch>-<random>``). If the
-role or database defaults to ``synchronous_commit = off``, the sessions set it back to
-``on``, so that the commits above are the only asynchronous ones.
+extends the upload. A new segment's name is unique (``e<epoch>-<random>``). A segment
+left continuable can be taken up by both holders, though. The filesystem store refuses
+the second while the first has it open (an exclusive ``flock``). On S3, the window is a
+writer that outlives the crash and the server's restart, then uploads a part after the
+second holder uploaded the same one. If the role or database defaults to
+``synchronous_commit = off``, the sessions set it back to ``on``, so that the commits
+above are the only asynchronous ones.
 
 A connection pool belongs to the event loop it was opened on, so a handle opens its pool
 lazily, inside the running loop. A handle used under a new loop after the previous one has
@@ -696,7 +702,7 @@ class PostgresStateStore:
             completes = commit.length is not None and commit.offset == commit.length
             statement = (
                 self._hot_commit_release
-                if self.durable or completes
+                if self.durable or completes or commit.settle
                 else self._hot_commit_release_nf
             )
         record = await self._hot(statement, params)

@@ -389,17 +389,20 @@ _start_writeback = _load_sync_file_range()
 
 
 def _hold_for_writing(fd: int, path: str | Path) -> None:
-    """Take a shared lock on an open segment for as long as it is written, and check that
-    ``path`` still names it. Assembly renames a segment into the final object only under
-    an exclusive lock, so a writer either holds its lock first (and assembly copies the
-    committed range instead) or finds its segment renamed away and stops here.
+    """Lock an open segment for as long as it is written, and check that ``path`` still
+    names it. Assembly renames a segment into the final object only under the same lock,
+    so a writer either holds its lock first (and assembly copies the committed range
+    instead) or finds its segment renamed away and stops here. The lock is exclusive:
+    one lease at a time writes a segment, and if a state store ever handed one epoch out
+    twice (a PostgreSQL crash that lost an asynchronous lease), the second holder of a
+    continued segment is refused instead of writing over the first one's bytes.
 
     ``flock`` works across processes on a local disk and, emulated through byte-range
     locks, on NFS (Linux >= 2.6.12); ObjectMissing here only ever reaches a stale writer."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ObjectMissing(f"{path} is being assembled") from None
+        raise ObjectMissing(f"{path} is being written or assembled") from None
     try:
         same = os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:

@@ -492,6 +492,8 @@ class S3ByteStore:
         if base is not None:
             if await self._complete_in_place(base, kept, sources, total):
                 return
+            if await self._size(final) == total:
+                return  # another node finished the upload meanwhile
             # Now an object at the final key, holding the committed parts and more after
             # them: copied from like any other segment, into a new multipart upload there.
             sources.insert(0, Range(final, 0, kept * base.part_size))
@@ -536,7 +538,15 @@ class S3ByteStore:
         5 MiB: the multipart upload is then completed as it is (``_complete_past_commit``)
         for the caller to copy the committed parts from."""
         for _ in range(_RETRIES):
-            kept, extra = await self._whole_parts(base, count)
+            try:
+                kept, extra = await self._whole_parts(base, count)
+            except ObjectMissing:
+                # Completed by another node meanwhile: as the upload, or stale parts and
+                # all (_complete_past_commit). Either starts with the parts kept here.
+                size = await self._size(base.key)
+                if size is not None and size >= count * base.part_size:
+                    return False
+                raise
             overwrite = extra[-1][0] - count if extra else 0
             try:
                 plan = plan_parts(sources, count + 1, MAX_PARTS, at_least=overwrite)
@@ -790,7 +800,10 @@ class _S3Writer:
                 multipart = await self._store._start_multipart(
                     self._upload_id, self._segment, self._key, self._part_size
                 )
-                if await self._store._size(final) is not None:
+                assembled = False
+                with contextlib.suppress(StorageError):  # (a lifecycle rule, then)
+                    assembled = await self._store._size(final) is not None
+                if assembled:
                     # Assembled between the check and the start: its clean-up may have
                     # listed the multipart uploads before this one existed.
                     await self._store._abort(multipart)
