@@ -371,6 +371,7 @@ class UploadService:
 
         async def commit(*, release: bool, final_length: int | None) -> UploadRecord:
             nonlocal record, committed, written, writer
+            current = writer
             if writer is not None and written > committed:
                 try:
                     await writer.flush(durable)
@@ -403,6 +404,10 @@ class UploadService:
             try:
                 record = await self.state.commit(upload_id, new)
             except StaleLease:
+                abandon = getattr(current, "abandon", None)
+                if abandon is not None:
+                    with contextlib.suppress(StorageError):
+                        await abandon()
                 raise errors.superseded() from None
             committed = written
             return record

@@ -400,3 +400,18 @@ async def test_an_assembly_overtaken_by_another_node_goes_on_from_what_it_left(
     await assert_final(store, "u", data)
     assert _multiparts(s3, store) == []
     assert _keys(s3, store) == ["u"]
+
+
+@pytest.mark.s3
+async def test_a_stale_writer_drops_the_tail_it_stored_after_the_assembly(
+    store: S3ByteStore, s3: Any
+) -> None:
+    stale = await store.open_segment("u", "e1", 0, origin=0)
+    await stale.write(pattern(MiB, 24))
+    await stale.abandon()  # not assembled: its tail may be needed, and it has none yet
+    await _write(store, "e2", pattern(3, 25), origin=0)
+    await store.assemble("u", [Piece("u", "e2", 0, 3)])
+    await stale.flush(False)  # lands after the clean-up: nothing would ever remove it
+    assert "segments/u/e1.tail-0" in _keys(s3, store)
+    await stale.abandon()  # (the engine's call once its commit is refused)
+    assert _keys(s3, store) == ["u"]

@@ -223,3 +223,43 @@ async def test_only_the_release_that_first_gives_the_length_asks_to_settle(stack
         (True, len(source), False),  # completes it: the store flushes that anyway
     ]
     assert await final_bytes(engine, upload.id) == source
+
+
+class _Abandonable:
+    """A segment writer that records the engine's ``abandon`` call."""
+
+    def __init__(self, inner: Any, calls: list[str]) -> None:
+        self._inner, self._calls = inner, calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def abandon(self) -> None:
+        self._calls.append("abandon")
+
+
+async def test_a_writer_whose_commit_is_refused_is_abandoned(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = stack.engine()
+    source = pattern(3 * INTERVAL, 9)
+    upload = await create(engine, len(source))
+    calls: list[str] = []
+    opened = engine.storage.open_segment
+
+    async def open_segment(*args: Any, **kwargs: Any) -> Any:
+        return _Abandonable(await opened(*args, **kwargs), calls)
+
+    monkeypatch.setattr(engine.storage, "open_segment", open_segment)
+    await send(engine, upload, 0, DirectStream(source[:INTERVAL]), size=INTERVAL)
+    assert calls == []
+    original = engine.state.commit
+
+    async def taken_over(upload_id: str, change: Commit) -> UploadRecord:
+        await engine.state.acquire(upload_id, node="elsewhere", client=None)
+        return await original(upload_id, change)
+
+    engine.state.commit = taken_over  # type: ignore[method-assign]
+    with pytest.raises(UploadError):
+        await send(engine, upload, INTERVAL, DirectStream(source[INTERVAL:]), size=2 * INTERVAL)
+    assert calls == ["abandon"]

@@ -61,6 +61,10 @@ class SegmentWriter(Protocol):
         Raises ``StorageError`` when that cannot be known (a write whose outcome is
         unknown): the engine then lets nobody continue the segment."""
 
+    # Optional: ``async def abandon(self) -> None``, called (closed or not) when the lease
+    # it wrote under turned out to be taken; a store removes there what such a stale
+    # writer may have left that no clean-up would find. Best effort.
+
 
 class DirectSource(Protocol):
     """A request body that can put its bytes straight into a file (``splice(2)``), without

@@ -34,6 +34,9 @@ segment is completed as it stands, stale parts and all, and its committed parts 
 out of that object into a new multipart upload at the same key.
 The final object existing with the upload's length is the only sign that assembly is
 done, so any number of nodes may assemble at once and a node may die anywhere in between.
+A superseded writer may store a tail, or start a multipart upload, after the assembly's
+clean-up: it removes both itself (``abandon``, once its commit is refused; the re-check
+after starting), and a bucket lifecycle rule catches what a dying node leaves.
 """
 
 from __future__ import annotations
@@ -771,6 +774,7 @@ class _S3Writer:
         self._buffer_start = buffer_start
         self._stored = buffer_start + len(buffer)  # position up to which a flush is not needed
         self._unsettled: StorageError | None = None
+        self._tails: set[str] = set()  # tail objects this writer stored (or tried to)
 
     async def write(self, data: bytes | memoryview) -> None:
         if self._unsettled is not None:
@@ -835,11 +839,13 @@ class _S3Writer:
             raise self._unsettled
         end = self._buffer_start + len(self._buffer)
         if self._buffer and end > self._stored:
+            key = self._store._tail_key(self._upload_id, self._segment, self._buffer_start)
+            self._tails.add(key)
             try:
                 await self._store._call(
                     f"store the tail of {self._segment}",
                     "put_object",
-                    Key=self._store._tail_key(self._upload_id, self._segment, self._buffer_start),
+                    Key=key,
                     Body=bytes(self._buffer),
                 )
             except StorageError as exc:
@@ -853,6 +859,18 @@ class _S3Writer:
         self._buffer = bytearray()
         if self._unsettled is not None:
             raise self._unsettled
+
+    async def abandon(self) -> None:
+        # A tail stored after the assembly's clean-up listed the segments would stay for
+        # ever. Before the upload is assembled, its tails may still be needed (committed
+        # bytes, or a continuing writer's), and that clean-up removes them later anyway.
+        if not self._tails:
+            return
+        if await self._store._size(self._store.final_key(self._upload_id)) is None:
+            return
+        for key in self._tails:
+            with contextlib.suppress(StorageError):
+                await self._store._call(f"drop {key}", "delete_object", Key=key)
 
 
 @contextlib.asynccontextmanager
