@@ -347,23 +347,27 @@ async def test_completing_past_the_commit_never_leaves_the_uploads_length(
 
 @pytest.mark.s3
 async def test_a_stale_writer_racing_the_assembly_aborts_its_multipart_upload(
-    store: S3ByteStore, s3: Any, monkeypatch: pytest.MonkeyPatch
+    store: S3ByteStore, s3: Any, s3_gateway: S3Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer checks that the upload is not assembled, the assembly and its clean-up
-    finish, then the writer starts its multipart upload: nothing would ever abort it."""
+    """Another node assembles the upload, clean-up included, just before the writer's
+    multipart upload exists: that clean-up never saw it, so nothing else would abort it."""
     stale = await store.open_segment("u", "e1", 0, origin=0)
     await stale.write(pattern(MiB, 19))
     await _write(store, "e2", pattern(3, 20), origin=0)
-    await store.assemble("u", [Piece("u", "e2", 0, 3)])
-    real = store._size
-    answers = [None]  # the check that ran before the assembly finished
+    other = open_storage(s3_gateway.url(store.bucket, "up") + "&part_size=5MiB")
+    real = store._call
 
-    async def late(key: str) -> int | None:
-        return answers.pop() if answers else await real(key)
+    async def assembled_first(what: str, operation: str, **kwargs: object) -> object:
+        if operation == "create_multipart_upload":
+            await other.assemble("u", [Piece("u", "e2", 0, 3)])
+        return await real(what, operation, **kwargs)
 
-    monkeypatch.setattr(store, "_size", late)
-    with pytest.raises(ObjectMissing):
-        await stale.write(pattern(5 * MiB, 21))
+    monkeypatch.setattr(store, "_call", assembled_first)
+    try:
+        with pytest.raises(ObjectMissing):
+            await stale.write(pattern(5 * MiB, 21))
+    finally:
+        await other.close()
     assert _multiparts(s3, store) == []
     assert _keys(s3, store) == ["u"]
 

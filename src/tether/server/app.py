@@ -249,6 +249,11 @@ class TetherApp:
             raise errors.not_found("not an upload URL")
         return upload_id
 
+    def _body(self, scope: Scope, receive: Receive) -> BodyReader:
+        """A request's body, which the engine may have spliced when the server offers it."""
+        splice = scope.get("extensions", {}).get(SPLICE)
+        return BodyReader(receive, self.config.body_idle_timeout, splice)
+
     async def _run(
         self,
         command: Command,
@@ -267,9 +272,7 @@ class TetherApp:
             record = await service.head(command.upload_id, client=entry.client)
             return self.renderer.head(command.dialect, record)
         if isinstance(command, Append):
-            body = BodyReader(
-                receive, self.config.body_idle_timeout, scope.get("extensions", {}).get(SPLICE)
-            )
+            body = self._body(scope, receive)
             try:
                 outcome = await service.append(command, body, client=entry.client, request=body)
             finally:
@@ -277,9 +280,7 @@ class TetherApp:
             self._note(entry, outcome.record, outcome.received)
             return self.renderer.appended(command.dialect, outcome.record)
         if isinstance(command, Create):
-            body = BodyReader(
-                receive, self.config.body_idle_timeout, scope.get("extensions", {}).get(SPLICE)
-            )
+            body = self._body(scope, receive)
             interim = (
                 command.dialect.is_ietf
                 and INTERIM in scope.get("extensions", {})

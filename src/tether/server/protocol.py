@@ -97,10 +97,7 @@ class _Body:
         while pieces and moved < count:
             piece = pieces[0]
             take = min(len(piece), count - moved)
-            view = memoryview(piece)[:take]
-            while view:
-                view = view[os.write(fd, view) :]
-            moved += take
+            moved += _write_all(fd, memoryview(piece)[:take])
             if take == len(piece):
                 pieces.popleft()
             else:
@@ -242,7 +239,7 @@ def _devnull() -> int:
     return _DEVNULL
 
 
-def _write_all(fd: int, data: bytes) -> int:
+def _write_all(fd: int, data: bytes | memoryview) -> int:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -375,10 +372,13 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
                 return
             transport.write(encode_interim(message["status"], list(message.get("headers", []))))
 
-        async def receive() -> Any:
+        def continue_if_expected() -> None:
             if cycle.waiting_for_100_continue and not transport.is_closing():
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 cycle.waiting_for_100_continue = False
+
+        async def receive() -> Any:
+            continue_if_expected()
             buffered: _Body = cycle.tether_body
             if self._splicer is not None:
                 raise RuntimeError("receive() while the body is being spliced")
@@ -403,9 +403,7 @@ class TetherHttpToolsProtocol(HttpToolsProtocol):
             """Move up to ``count`` body bytes into ``fd`` at its position: what the parser
             buffered, then straight from the socket. 0 at the end of the body. OSErrors are
             the file's; a client that went away raises ConnectionError."""
-            if cycle.waiting_for_100_continue and not transport.is_closing():
-                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                cycle.waiting_for_100_continue = False
+            continue_if_expected()
             buffered: _Body = cycle.tether_body
             while True:
                 if buffered.pieces:

@@ -427,18 +427,18 @@ class PostgresStateStore:
         )
         commit = (
             f"UPDATE {t} SET received = $1, segments = $2, length = $3, expires_at = $4{{release}}"
-            "{from} WHERE id = $5 AND epoch = $6 AND received = $7" + hot
+            "{flush} WHERE id = $5 AND epoch = $6 AND received = $7" + hot
         )
         self._hot_commit = _Statement(
-            b"tether_commit_nf", commit.format(release="", **{"from": no_flush}).encode()
+            b"tether_commit_nf", commit.format(release="", flush=no_flush).encode()
         )
         release = ", tail = $8, tail_epoch = epoch"
         self._hot_commit_release = _Statement(
-            b"tether_commit_release", commit.format(release=release, **{"from": ""}).encode()
+            b"tether_commit_release", commit.format(release=release, flush="").encode()
         )
         self._hot_commit_release_nf = _Statement(
             b"tether_commit_release_nf",
-            commit.format(release=release, **{"from": no_flush}).encode(),
+            commit.format(release=release, flush=no_flush).encode(),
         )
         self._sessions: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], _Session] = (
             weakref.WeakKeyDictionary()

@@ -35,8 +35,8 @@ out of that object into a new multipart upload at the same key.
 The final object existing with the upload's length is the only sign that assembly is
 done, so any number of nodes may assemble at once and a node may die anywhere in between.
 A superseded writer may store a tail, or start a multipart upload, after the assembly's
-clean-up: it removes both itself (``abandon``, once its commit is refused; the re-check
-after starting), and a bucket lifecycle rule catches what a dying node leaves.
+clean-up: it removes both itself (``abandon``, once its commit is refused; the check
+after starting one), and a bucket lifecycle rule catches what a dying node leaves.
 """
 
 from __future__ import annotations
@@ -262,6 +262,9 @@ class S3ByteStore:
     def _segment_key(self, upload_id: str, segment: str) -> str:
         return f"{self._area(upload_id)}{segment}"
 
+    def _record_key(self, upload_id: str, segment: str) -> str:
+        return f"{self._area(upload_id)}{segment}.mpu"
+
     def _tail_key(self, upload_id: str, segment: str, start: int) -> str:
         return f"{self._area(upload_id)}{segment}.tail-{start}"
 
@@ -326,7 +329,7 @@ class S3ByteStore:
         return int(head["ContentLength"])
 
     async def _read_multipart(self, upload_id: str, segment: str) -> _Multipart | None:
-        key = f"{self._segment_key(upload_id, segment)}.mpu"
+        key = self._record_key(upload_id, segment)
         try:
             response = await self._call(f"read {key}", "get_object", Key=key)
         except ObjectMissing:
@@ -338,15 +341,27 @@ class S3ByteStore:
     async def _start_multipart(
         self, upload_id: str, segment: str, key: str, part_size: int
     ) -> _Multipart:
+        """Start (and record) a segment's multipart upload; ``ObjectMissing`` if the upload
+        is assembled by then. The check follows the start: the assembly's clean-up lists
+        the multipart uploads after the final object exists, so either it finds this one
+        and aborts it, or the check finds the final object and this aborts it."""
         created = await self._call(f"start {key}", "create_multipart_upload", Key=key)
         multipart = _Multipart(key, str(created["UploadId"]), part_size)
         record = {"key": key, "upload_id": multipart.upload_id, "part_size": part_size}
+        record_key = self._record_key(upload_id, segment)
         await self._call(
-            f"record {segment}",
-            "put_object",
-            Key=f"{self._segment_key(upload_id, segment)}.mpu",
-            Body=json.dumps(record).encode(),
+            f"record {segment}", "put_object", Key=record_key, Body=json.dumps(record).encode()
         )
+        assembled = False
+        with contextlib.suppress(StorageError):  # (a lifecycle rule, then)
+            assembled = await self._size(self.final_key(upload_id)) is not None
+        if assembled:
+            # A writer superseded before its first part, after another node assembled the
+            # upload: nothing would ever abort this multipart upload.
+            await self._abort(multipart)
+            with contextlib.suppress(StorageError):
+                await self._call(f"drop {record_key}", "delete_object", Key=record_key)
+            raise ObjectMissing(f"{upload_id} is assembled")
         return multipart
 
     async def _abort(self, multipart: _Multipart) -> None:
@@ -795,30 +810,9 @@ class _S3Writer:
             )
         try:
             if self._multipart is None:
-                final = self._store.final_key(self._upload_id)
-                if await self._store._size(final) is not None:
-                    # A writer superseded before its first part, after another node
-                    # assembled the upload: a multipart upload started now would outlive
-                    # every clean-up (nothing lists it any more).
-                    raise ObjectMissing(f"{self._upload_id} is assembled")
-                multipart = await self._store._start_multipart(
+                self._multipart = await self._store._start_multipart(
                     self._upload_id, self._segment, self._key, self._part_size
                 )
-                assembled = False
-                with contextlib.suppress(StorageError):  # (a lifecycle rule, then)
-                    assembled = await self._store._size(final) is not None
-                if assembled:
-                    # Assembled between the check and the start: its clean-up may have
-                    # listed the multipart uploads before this one existed.
-                    await self._store._abort(multipart)
-                    with contextlib.suppress(StorageError):
-                        await self._store._call(
-                            f"drop the record of {self._segment}",
-                            "delete_object",
-                            Key=f"{self._store._segment_key(self._upload_id, self._segment)}.mpu",
-                        )
-                    raise ObjectMissing(f"{self._upload_id} is assembled")
-                self._multipart = multipart
             await self._store._call(
                 f"upload part {number} of {self._key}",
                 "upload_part",
