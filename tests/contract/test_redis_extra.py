@@ -19,9 +19,10 @@ from tests.contract.redis_backend import fresh_redis_url, server_url, unreachabl
 from tests.contract.state_contract import fresh, grow
 from tether.backends import BackendError, open_state
 from tether.state.base import StaleLease, StoreUnavailable, apply_commit
-from tether.state.redis import RedisStateStore, open_from_url
+from tether.state.redis import RedisStateStore, _Wire, open_from_url
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
+rx = pytest.importorskip("redis.exceptions")
 
 DAY = 86_400
 
@@ -318,6 +319,118 @@ async def test_a_call_cut_off_after_sending_leaves_no_reply_to_the_next(
     finally:
         await admin.aclose()
         await store.close()
+
+
+# -- the wire --------------------------------------------------------------------------
+
+
+def _wires(store: RedisStateStore) -> list[object]:
+    return [conn for link in store._links.values() for conn in link.connections._open]
+
+
+def test_scripts_run_over_a_wire_on_either_event_loop(url: str) -> None:
+    """redis-py opens each connection; its socket is then read by a _Wire, on asyncio's
+    loop and on uvloop's (whose transports are no asyncio.Transport)."""
+    import uvloop
+
+    async def run(upload_id: str) -> list[object]:
+        store = open_from_url(url)
+        try:
+            await store.create(fresh(upload_id))
+            record = await store.acquire(upload_id, node="n", client=None)
+            commit = grow(record, 5)
+            assert await store.commit(upload_id, commit) == apply_commit(record, commit)
+            return _wires(store)
+        finally:
+            await store.close()
+
+    for runner in (asyncio.run, uvloop.run):
+        wires = runner(run(runner.__module__))
+        assert wires and all(isinstance(conn, _Wire) for conn in wires), runner
+
+
+async def test_resp3_runs_through_redis_py(tmp_path: Path) -> None:
+    """RESP3 may push messages unasked, which only redis-py's reader expects: no wire."""
+    store = open_from_url(fresh_redis_url(tmp_path) + "&protocol=3")
+    try:
+        await store.create(fresh("u", length=9))
+        record = await store.acquire("u", node="n", client=None)
+        assert record.tail is None and record.last_client is None
+        commit = grow(record, 5)
+        assert await store.commit("u", commit) == apply_commit(record, commit)
+        assert await store.get("u") == apply_commit(record, commit)
+        assert _wires(store) and not any(isinstance(c, _Wire) for c in _wires(store))
+    finally:
+        await store.close()
+
+
+async def test_a_reply_past_its_deadline_is_unavailable_and_the_next_call_works(
+    private_server: PrivateServer,
+) -> None:
+    store = open_from_url(private_server.url + "?socket_timeout=0.2")
+    admin = redis_asyncio.Redis.from_url(private_server.url)
+    try:
+        await store.create(fresh("u"))
+        await admin.client_pause(2000, all=True)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            await store.acquire("u", node="n", client=None)
+        assert time.monotonic() - started < 1.9  # three tries of 0.2 s and the backoff
+        await admin.client_unpause()
+        # The timed-out tries may have run late: each one bumped the epoch at most once.
+        record = await store.acquire("u", node="n", client=None)
+        assert 1 <= record.epoch <= 4
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_wire_out_of_step_is_dropped() -> None:
+    """A reply nobody waits for, or two replies to one command, or bytes hiredis cannot
+    read: the connection is dropped and its waiter (if any) fails, never answered wrong."""
+    for data in (b"+OK\r\n+OK\r\n", b"?garbage\r\n"):
+        transport = _Transport()
+        wire = _Wire(object(), transport)  # type: ignore[arg-type]
+        call = asyncio.ensure_future(wire.call(b"PING", 5))
+        await asyncio.sleep(0)
+        wire.data_received(data)
+        with pytest.raises(rx.ConnectionError):
+            await call
+        assert transport.aborted and wire.lost
+        with pytest.raises(rx.ConnectionError):
+            await wire.call(b"PING", 5)
+    transport = _Transport()
+    wire = _Wire(object(), transport)  # type: ignore[arg-type]
+    wire.data_received(b"+OK\r\n")  # unasked
+    assert transport.aborted
+
+
+async def test_a_wire_reads_a_reply_in_pieces_and_maps_errors() -> None:
+    transport = _Transport()
+    wire = _Wire(object(), transport)  # type: ignore[arg-type]
+    call = asyncio.ensure_future(wire.call(b"X", 5))
+    await asyncio.sleep(0)
+    for piece in (b"*2\r\n$1\r", b"\na\r\n", b"$-1\r\n"):
+        wire.data_received(piece)
+    assert await call == ["a", None]
+    call = asyncio.ensure_future(wire.call(b"X", 5))
+    await asyncio.sleep(0)
+    wire.data_received(b"-NOSCRIPT No matching script.\r\n")
+    with pytest.raises(rx.NoScriptError):
+        await call
+    assert not transport.aborted and transport.written == [b"X", b"X"]
 
 
 async def test_durable_works_on_a_server_that_fsyncs_each_write(fsyncing_server: str) -> None:
