@@ -166,11 +166,39 @@ _RECORD_FIELDS = (
     "client_switches",
     "node_switches",
 )
-_RECORD_LUA = f"""
+# ``record`` reads all of them (and ``op``) in one HMGET; ``F`` maps a name to its place
+# in that array; ``change`` writes fields with one HSET and one HDEL, patching the array
+# the script hands back, so a script reads the hash once and writes it once.
+_RECORD_LUA = (
+    "local F = {"
+    + ", ".join(f"{name} = {i}" for i, name in enumerate((*_RECORD_FIELDS, "op"), start=1))
+    + "}\n"
+    + f"""
 local function record(key)
-  return redis.call('HMGET', key, {", ".join(repr(f) for f in _RECORD_FIELDS)})
+  return redis.call('HMGET', key, {", ".join(repr(f) for f in (*_RECORD_FIELDS, "op"))})
 end
 """
+    + """
+local function change(key, r, set, del)
+  if #set > 0 then
+    redis.call('HSET', key, unpack(set))
+    for i = 1, #set, 2 do r[F[set[i]]] = set[i + 1] end
+  end
+  local gone = {}
+  for _, name in ipairs(del) do
+    if r[F[name]] then
+      gone[#gone + 1] = name
+      r[F[name]] = false
+    end
+  end
+  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+end
+
+local function plus_one(value)
+  return string.format('%d', tonumber(value) + 1)
+end
+"""
+)
 
 # An upload's place in the expiry index and its backstop TTL (see the module docstring):
 # both while it is incomplete and has an expiry (score != ''), neither otherwise.
@@ -210,22 +238,25 @@ return 1
 _ACQUIRE_LUA = (
     _RECORD_LUA
     + """
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'op', 'last_node', 'last_client')
-if not cur[1] then return false end
-if cur[2] ~= ARGV[1] then
-  redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-  if cur[3] and cur[3] ~= ARGV[2] then
-    redis.call('HINCRBY', KEYS[1], 'node_switches', 1)
+local r = record(KEYS[1])
+if not r[F.epoch] then return false end
+if r[F.op] ~= ARGV[1] then
+  local set = {'epoch', plus_one(r[F.epoch]), 'last_node', ARGV[2], 'op', ARGV[1]}
+  if r[F.last_node] and r[F.last_node] ~= ARGV[2] then
+    set[#set + 1] = 'node_switches'
+    set[#set + 1] = plus_one(r[F.node_switches])
   end
   if ARGV[3] == '1' then
-    if cur[4] and cur[4] ~= ARGV[4] then
-      redis.call('HINCRBY', KEYS[1], 'client_switches', 1)
+    if r[F.last_client] and r[F.last_client] ~= ARGV[4] then
+      set[#set + 1] = 'client_switches'
+      set[#set + 1] = plus_one(r[F.client_switches])
     end
-    redis.call('HSET', KEYS[1], 'last_client', ARGV[4])
+    set[#set + 1] = 'last_client'
+    set[#set + 1] = ARGV[4]
   end
-  redis.call('HSET', KEYS[1], 'last_node', ARGV[2], 'op', ARGV[1])
+  change(KEYS[1], r, set, {})
 end
-return record(KEYS[1])
+return r
 """
 )
 
@@ -237,32 +268,38 @@ _COMMIT_LUA = (
     _RECORD_LUA
     + _INDEX_LUA
     + """
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'op')
-if cur[1] ~= ARGV[3] or cur[2] ~= ARGV[4] then
-  if cur[3] and cur[3] == ARGV[2] then return record(KEYS[1]) end
+local r = record(KEYS[1])
+if r[F.epoch] ~= ARGV[3] or r[F.offset] ~= ARGV[4] then
+  if r[F.op] and r[F.op] == ARGV[2] then return r end
   return false
 end
-redis.call('HSET', KEYS[1], 'offset', ARGV[5], 'segments', ARGV[6], 'op', ARGV[2])
+local set = {'offset', ARGV[5], 'segments', ARGV[6], 'op', ARGV[2]}
+local del = {}
 if ARGV[7] == '' then
-  redis.call('HDEL', KEYS[1], 'length')
+  del[#del + 1] = 'length'
 else
-  redis.call('HSET', KEYS[1], 'length', ARGV[7])
+  set[#set + 1] = 'length'
+  set[#set + 1] = ARGV[7]
 end
 if ARGV[8] == '' then
-  redis.call('HDEL', KEYS[1], 'expires_at')
+  del[#del + 1] = 'expires_at'
 else
-  redis.call('HSET', KEYS[1], 'expires_at', ARGV[8])
+  set[#set + 1] = 'expires_at'
+  set[#set + 1] = ARGV[8]
 end
 if ARGV[11] == '1' then
-  redis.call('HSET', KEYS[1], 'tail_epoch', cur[1])
+  set[#set + 1] = 'tail_epoch'
+  set[#set + 1] = r[F.epoch]
   if ARGV[12] == '1' then
-    redis.call('HSET', KEYS[1], 'tail', ARGV[13])
+    set[#set + 1] = 'tail'
+    set[#set + 1] = ARGV[13]
   else
-    redis.call('HDEL', KEYS[1], 'tail')
+    del[#del + 1] = 'tail'
   end
 end
+change(KEYS[1], r, set, del)
 index(KEYS[1], KEYS[2], ARGV[1], ARGV[9], tonumber(ARGV[10]))
-return record(KEYS[1])
+return r
 """
 )
 
@@ -270,8 +307,9 @@ return record(KEYS[1])
 _GET_LUA = (
     _RECORD_LUA
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return record(KEYS[1])
+local r = record(KEYS[1])
+if not r[F.epoch] then return false end
+return r
 """
 )
 
@@ -383,6 +421,7 @@ def _record(upload_id: str, values: list[Any]) -> UploadRecord:
         last_node,
         client_switches,
         node_switches,
+        _op,
     ) = fields
     assert offset and metadata and created_at and epoch and tail_epoch and segments
     assert client_switches and node_switches
