@@ -195,7 +195,12 @@ local function change(key, r, set, del)
 end
 
 local function plus_one(value)
-  return string.format('%d', tonumber(value) + 1)
+  if #value < 15 then return string.format('%d', tonumber(value) + 1) end
+  -- Past what a Lua number holds exactly: add one to the decimal digits themselves.
+  local i = #value
+  while i > 0 and value:sub(i, i) == '9' do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #value) end
+  return value:sub(1, i - 1) .. string.char(value:byte(i) + 1) .. string.rep('0', #value - i)
 end
 """
 )
@@ -401,9 +406,9 @@ def _fields(record: UploadRecord) -> list[str]:
 
 
 def _record(upload_id: str, values: list[Any]) -> UploadRecord:
-    """The record from a script's reply, the values of ``_RECORD_FIELDS`` in order."""
-    # (RESP3 hands a missing field over as false, RESP2 as nil)
-    fields: list[str | None] = values if False not in values else [v or None for v in values]
+    """The record from a script's reply, the values of ``_RECORD_FIELDS`` in order (a
+    missing field's Lua false arrives as nil, under RESP2 and RESP3 alike)."""
+    fields: list[str | None] = values
     (
         length,
         offset,
@@ -454,15 +459,16 @@ class _Wire(asyncio.Protocol):
     on uvloop, the two measured in turn on a slow day), and every append makes that pair.
 
     One command at a time: ``call`` writes it and waits for one reply. Anything else the
-    server sends (a second reply, garbage) means the connection is out of step: it is
-    dropped, like one that closes or misses its deadline."""
+    server sends (bytes past that reply, bytes nobody asked for, garbage) means the
+    connection is out of step: it is dropped, like one that closes or misses its deadline.
+    Only RESP2 connections are taken, where nothing arrives unasked (RESP3 may push)."""
 
     __slots__ = ("_reader", "_waiter", "_writer", "lost", "transport")
 
     def __init__(self, writer: object, transport: asyncio.Transport) -> None:
         self._writer = writer  # an asyncio stream writer closes its transport when collected
         self.transport = transport
-        self._reader = _hiredis.Reader(encoding="utf-8")
+        self._reader = _hiredis.Reader(encoding="utf-8", notEnoughData=_PENDING)
         self._waiter: asyncio.Future[Any] | None = None
         self.lost = False
 
@@ -470,6 +476,8 @@ class _Wire(asyncio.Protocol):
     def take(cls, conn: AbstractConnection) -> _Wire | None:
         """The wire of a connection redis-py has just opened; None if this redis-py keeps
         its socket where this code does not look (it is then used as it is)."""
+        if getattr(conn, "protocol", None) != 2:
+            return None
         transport = getattr(getattr(conn, "_writer", None), "transport", None)
         # (uvloop's transports are not asyncio.Transport subclasses, so by what they do)
         if not all(hasattr(transport, name) for name in ("set_protocol", "write", "abort")):
@@ -486,11 +494,13 @@ class _Wire(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         try:
             self._reader.feed(data)
+            if waiter is None or waiter.done():
+                raise rx.ConnectionError("unexpected data from Redis")
             reply = self._reader.gets()
-            if reply is False:  # not whole yet
+            if reply is _PENDING:  # not whole yet
                 self._waiter = waiter
                 return
-            if waiter is None or waiter.done() or self._reader.gets() is not False:
+            if self._reader.has_data():
                 raise rx.ConnectionError("unexpected data from Redis")
         except Exception as exc:
             self.drop()
@@ -510,12 +520,13 @@ class _Wire(asyncio.Protocol):
         self.transport.abort()
 
     async def call(self, packed: bytes, deadline: float | None) -> Any:
+        """The reply to ``packed``, by ``deadline`` (the loop's time) if one is given."""
         if self.lost:
             raise rx.ConnectionError("Connection closed by server.")
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         self.transport.write(packed)
-        timer = None if deadline is None else loop.call_later(deadline, _late, waiter)
+        timer = None if deadline is None else loop.call_at(deadline, _late, waiter)
         try:
             reply = await waiter
         finally:
@@ -525,6 +536,9 @@ class _Wire(asyncio.Protocol):
             error: rx.RedisError = _BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
             raise error
         return reply
+
+
+_PENDING = object()  # hiredis's answer while a reply is not whole
 
 
 def _late(waiter: asyncio.Future[Any]) -> None:
@@ -555,6 +569,8 @@ class _Connections:
         # retries inside a connection: ``_call`` retries the command as a whole.
         kwargs["socket_timeout"] = None
         kwargs["retry"] = Retry(NoBackoff(), 0)
+        if kwargs.get("protocol") is None:
+            kwargs["protocol"] = 2  # (redis-py's own default is RESP3, which a _Wire refuses)
         self._new = functools.partial(pool.connection_class, **kwargs)
         self._max = pool.max_connections
         self._open: set[AbstractConnection | _Wire] = set()
@@ -563,33 +579,42 @@ class _Connections:
         strict = kwargs.get("encoding_errors", "strict") == "strict"
         self._in_c = _hiredis is not None and encoding in ("utf-8", "utf8") and strict
         # RESP3 may push messages nobody asked for (redis-py handles those itself).
-        self._wired = self._in_c and str(kwargs.get("protocol") or 2) == "2"
+        self._wired = self._in_c and str(kwargs["protocol"]) == "2"
 
     async def call(self, *command: str | int) -> Any:
         """The reply to ``command``; redis-py's exceptions as they come."""
-        conn: AbstractConnection | _Wire
-        if self._idle:
+        conn: AbstractConnection | _Wire | None = None
+        while self._idle:
             conn = self._idle.pop()
-        elif len(self._open) < self._max:
+            if not (isinstance(conn, _Wire) and conn.lost):
+                break
+            self._open.discard(conn)  # closed while idle (a server restart): not a try
+            conn = None
+        if conn is None:
+            if len(self._open) >= self._max:
+                raise rx.ConnectionError(f"all {self._max} connections (max_connections) are busy")
             conn = self._new()
             self._open.add(conn)
-        else:
-            raise rx.ConnectionError(f"all {self._max} connections (max_connections) are busy")
         # (hiredis's stub types the command as a 1-tuple)
         packed: Any = _hiredis.pack_command(command) if self._in_c else None  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        deadline = None if self.deadline is None else loop.time() + self.deadline
         try:
             if self._wired and not isinstance(conn, _Wire) and not conn.is_connected:
-                async with asyncio.timeout(self.deadline):
-                    await conn.connect()  # type: ignore[no-untyped-call]
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await conn.connect()  # type: ignore[no-untyped-call]
+                except TimeoutError:
+                    raise rx.TimeoutError("Timeout connecting to Redis") from None
                 wire = _Wire.take(conn)
                 if wire is not None:
                     self._open.discard(conn)
                     self._open.add(wire)
                     conn = wire
             if isinstance(conn, _Wire):
-                reply = await conn.call(packed, self.deadline)
+                reply = await conn.call(packed, deadline)
             else:
-                async with asyncio.timeout(self.deadline):
+                async with asyncio.timeout_at(deadline):
                     if packed is None:
                         packed = conn.pack_command(*command)
                     await conn.send_packed_command(packed, check_health=False)
