@@ -57,8 +57,8 @@ def render(
             cluster,
             source,
             [
-                "# Install: this is a whole nginx.conf (Debian's nginx 1.22 checks it), in place"
-                " of",
+                "# Install: this is a whole nginx.conf (Debian's nginx 1.22 checks it),"
+                " in place of",
                 "# Debian's, whose sites-enabled/default would also listen on port 80:",
                 f"#   tether lb nginx --cluster {source} > /etc/nginx/nginx.conf",
                 "#   nginx -t && systemctl reload nginx",

@@ -106,6 +106,10 @@ class Commit:
     # process): set for a first declared length, which re-sending bytes cannot restore.
     settle: bool = False
 
+    @property
+    def completes(self) -> bool:
+        return self.length is not None and self.offset == self.length
+
 
 class StateStore(Protocol):
     async def create(self, record: UploadRecord) -> None:

@@ -699,10 +699,9 @@ class PostgresStateStore:
         statement = self._hot_commit
         if commit.release:
             params.append(commit.release_tail)
-            completes = commit.length is not None and commit.offset == commit.length
             statement = (
                 self._hot_commit_release
-                if self.durable or completes or commit.settle
+                if self.durable or commit.completes or commit.settle
                 else self._hot_commit_release_nf
             )
         record = await self._hot(statement, params)

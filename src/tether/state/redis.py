@@ -85,6 +85,7 @@ import json
 import math
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -147,7 +148,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 # The fields a script hands back, in this order: HMGET's flat array, which hiredis parses
-# in C (nil, or false under RESP3, where the record has none).
+# in C (nil where the record has none).
 _RECORD_FIELDS = (
     "length",
     "offset",
@@ -405,10 +406,9 @@ def _fields(record: UploadRecord) -> list[str]:
     return [item for name, value in values.items() if value is not None for item in (name, value)]
 
 
-def _record(upload_id: str, values: list[Any]) -> UploadRecord:
-    """The record from a script's reply, the values of ``_RECORD_FIELDS`` in order (a
-    missing field's Lua false arrives as nil, under RESP2 and RESP3 alike)."""
-    fields: list[str | None] = values
+def _record(upload_id: str, values: Sequence[str | None]) -> UploadRecord:
+    """The record from a script's reply: the values of ``_RECORD_FIELDS``, then ``op``
+    (a missing field's Lua false arrives as nil, under RESP2 and RESP3 alike)."""
     (
         length,
         offset,
@@ -427,7 +427,7 @@ def _record(upload_id: str, values: list[Any]) -> UploadRecord:
         client_switches,
         node_switches,
         _op,
-    ) = fields
+    ) = values
     assert offset and metadata and created_at and epoch and tail_epoch and segments
     assert client_switches and node_switches
     return UploadRecord(

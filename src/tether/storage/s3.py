@@ -359,10 +359,15 @@ class S3ByteStore:
             # A writer superseded before its first part, after another node assembled the
             # upload: nothing would ever abort this multipart upload.
             await self._abort(multipart)
-            with contextlib.suppress(StorageError):
-                await self._call(f"drop {record_key}", "delete_object", Key=record_key)
+            await self._drop(record_key)
             raise ObjectMissing(f"{upload_id} is assembled")
         return multipart
+
+    async def _drop(self, key: str) -> None:
+        """Delete one object, as far as one can: what fails is for the bucket's lifecycle
+        rule (README)."""
+        with contextlib.suppress(StorageError):
+            await self._call(f"drop {key}", "delete_object", Key=key)
 
     async def _abort(self, multipart: _Multipart) -> None:
         """Abort a multipart upload, as far as one can: what fails is for the bucket's
@@ -863,8 +868,7 @@ class _S3Writer:
         if await self._store._size(self._store.final_key(self._upload_id)) is None:
             return
         for key in self._tails:
-            with contextlib.suppress(StorageError):
-                await self._store._call(f"drop {key}", "delete_object", Key=key)
+            await self._store._drop(key)
 
 
 @contextlib.asynccontextmanager
