@@ -30,6 +30,7 @@ from tether.state.base import (
     StateStore,
     UploadExists,
     UploadRecord,
+    apply_commit,
     is_expired,
 )
 from tether.storage.base import (
@@ -323,20 +324,19 @@ class UploadService:
     async def _release_quietly(self, record: UploadRecord) -> UploadRecord | None:
         """Give the lease back unchanged (tail included); None if it was taken meanwhile."""
         tail = record.continuable_tail()
+        release = _release(
+            record,
+            record.offset,
+            record.segments,
+            record.length,
+            record.expires_at,
+            tail.name if tail else None,
+        )
         try:
-            return await self.state.commit(
-                record.id,
-                _release(
-                    record,
-                    record.offset,
-                    record.segments,
-                    record.length,
-                    record.expires_at,
-                    tail.name if tail else None,
-                ),
-            )
+            await self.state.commit(record.id, release)
         except StaleLease:
             return None
+        return apply_commit(record, release)
 
     async def _stream(
         self,
@@ -402,7 +402,7 @@ class UploadService:
                 settle=release and declaring and final_length is not None,
             )
             try:
-                record = await self.state.commit(upload_id, new)
+                await self.state.commit(upload_id, new)
             except StaleLease:
                 abandon = getattr(current, "abandon", None)
                 if abandon is not None:
@@ -410,6 +410,7 @@ class UploadService:
                         await abandon()
                 raise errors.superseded() from None
             committed = written
+            record = apply_commit(record, new)
             return record
 
         # A body the kernel can move into the segment (a socket spliced into a file) skips
@@ -610,10 +611,9 @@ class UploadService:
                 break
             try:
                 leased = await self.state.acquire(record.id, node=self.config.node_id, client=None)
-                record = await self.state.commit(
-                    record.id,
-                    _release(leased, total, leased.segments, total, leased.expires_at, None),
-                )
+                done = _release(leased, total, leased.segments, total, leased.expires_at, None)
+                await self.state.commit(record.id, done)
+                record = apply_commit(leased, done)
             except StaleLease:
                 latest = await self.state.get(record.id)
                 if latest is None:

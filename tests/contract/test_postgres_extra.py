@@ -14,8 +14,8 @@ import pytest
 
 from tests.contract.postgres_backend import SERVER_URL, SKIP_REASON, fresh_schema_url
 from tether.backends import BackendError, open_state
-from tether.state.base import Commit, Segment, StoreUnavailable, UploadRecord
-from tether.state.postgres import PostgresStateStore, parse_url
+from tether.state.base import Commit, Segment, StoreUnavailable, UploadRecord, apply_commit
+from tether.state.postgres import _MIGRATIONS, PostgresStateStore, parse_url
 
 needs_server = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
@@ -189,7 +189,7 @@ async def test_handles_starting_together_create_the_schema_once(
     await asyncio.gather(*(s.check() for s in stores))
     schema = schema_of(pg_url)
     rows = admin.execute(f'SELECT version FROM "{schema}".tether_schema_version').fetchall()
-    assert rows == [(1,)]
+    assert rows == [(1,), (2,)]
     indexes = admin.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = %s ORDER BY 1", (schema,)
     ).fetchall()
@@ -222,10 +222,76 @@ async def test_expired_reads_the_expiry_index(
     with admin.transaction():
         admin.execute("SET LOCAL enable_seqscan = off")
         plan = admin.execute(
-            "EXPLAIN " + store._sql_expired.replace("%s", "1000", 1).replace("%s", "10")
+            "EXPLAIN " + store._sql_expired % {"now": 1000, "limit": 10}
         ).fetchall()
     assert "uploads_expiry" in " ".join(str(row[0]) for row in plan)
     await store.close()
+
+
+def _updates(admin: psycopg.Connection[tuple[object, ...]], schema: str) -> tuple[int, int]:
+    """(updates, of which HOT) of the uploads table, as the statistics have them."""
+    row = admin.execute(
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+        " WHERE schemaname = %s AND relname = 'uploads'",
+        (schema,),
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0])), int(str(row[1]))
+
+
+@needs_server
+async def test_appends_update_the_row_in_place(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    # An index on a column an append changes would cost every commit an entry in each
+    # index (a non-HOT update). expires_at moves on every commit; its index does not.
+    store = open_state(pg_url)
+    now = 1_800_000_000.0  # on a minute, so that the commits below stay within it
+    await store.create(UploadRecord(id="u", length=100, created_at=now, expires_at=now))
+    record = await store.acquire("u", node="n", client=None)
+    for step in range(1, 11):
+        grown = Commit(
+            record.epoch, record.offset, step, (Segment("e1-ab", 0, step),), 100, now + step
+        )
+        await store.commit("u", grown)
+        record = apply_commit(record, grown)
+    assert await store.get("u") == record
+    assert await store.expired(now + 10, 10) == []
+    assert await store.expired(now + 10.5, 10) == ["u"]
+    await store.close()  # its sessions end, and report their statistics as they do
+    updates, hot = _updates(admin, schema_of(pg_url))
+    for _ in range(50):
+        if updates >= 11:
+            break
+        await asyncio.sleep(0.1)
+        updates, hot = _updates(admin, schema_of(pg_url))
+    assert (updates, hot) == (11, 11)
+
+
+@needs_server
+async def test_a_version_1_schema_is_migrated_with_its_uploads(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    schema = schema_of(pg_url)
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    admin.execute(
+        f'CREATE TABLE "{schema}".tether_schema_version (version integer PRIMARY KEY,'
+        " migrated_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for statement in _MIGRATIONS[1]:
+        admin.execute(statement.format(s=f'"{schema}"'))
+    admin.execute(f'INSERT INTO "{schema}".tether_schema_version (version) VALUES (1)')
+    admin.execute(
+        f'INSERT INTO "{schema}".uploads (id, length, created_at, expires_at)'
+        " VALUES ('old', 10, 1.0, 1000.5), ('kept', 10, 1.0, 5000.0)"
+    )
+    store = open_state(pg_url)
+    assert await store.expired(2000.0, 10) == ["old"]
+    old = await store.get("old")
+    assert old is not None and old.expires_at == 1000.5
+    await store.close()
+    rows = admin.execute(f'SELECT version FROM "{schema}".tether_schema_version ORDER BY 1')
+    assert rows.fetchall() == [(1,), (2,)]
 
 
 @needs_server
@@ -257,11 +323,12 @@ async def test_flushes_are_skipped_for_their_own_transaction_only(pg_url: str) -
         length=10,
         expires_at=None,
     )
-    record = await store.commit("u", mid)
-    assert record.offset == 4 and await setting() == ("on",)
+    await store.commit("u", mid)
+    assert await setting() == ("on",)
     release = Commit(leased.epoch, 4, 6, (Segment("e1-ab", 0, 6),), 10, None, release=True)
-    record = await store.commit("u", release)  # not complete: no flush either
-    assert record.offset == 6 and await setting() == ("on",)
+    await store.commit("u", release)  # not complete: no flush either
+    record = await store.get("u")
+    assert record is not None and record.offset == 6 and await setting() == ("on",)
     ran = {name for session in store._sessions.values() for name in session.prepared}
     assert ran >= {b"tether_acquire_nf", b"tether_commit_nf", b"tether_commit_release_nf"}
     await store.close()
@@ -279,7 +346,8 @@ async def _statements_of_an_append(
     release = Commit(
         leased.epoch, 0, ends, segments, 10, None, "e2-ab", release=True, settle=settle
     )
-    assert (await store.commit("u", release)).offset == ends
+    await store.commit("u", release)
+    assert (record := await store.get("u")) is not None and record.offset == ends
     ran = {name.decode() for session in store._sessions.values() for name in session.prepared}
     await store.close()
     return ran

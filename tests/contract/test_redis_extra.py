@@ -101,7 +101,9 @@ async def test_index_and_ttl_follow_the_record(store: RedisStateStore, raw: Any)
     assert 3600 + DAY - 5 <= ttl <= 3600 + DAY
 
     record = await store.acquire("u", node="n", client=None)
-    record = await store.commit("u", grow(record, 4, expires_at=expires_at + 60))
+    commit = grow(record, 4, expires_at=expires_at + 60)
+    await store.commit("u", commit)
+    record = apply_commit(record, commit)
     assert await raw.zscore(index, "u") == expires_at + 60
     assert await raw.ttl(key) > ttl  # moved with the expiry
 
@@ -168,8 +170,9 @@ async def test_a_retried_script_finds_its_own_work(
     await store.create(fresh("u"))  # the create's retry: no UploadExists
     first = await store.acquire("u", node="n", client="c")
     assert await store.acquire("u", node="m", client="d") == first  # no second bump
-    committed = await store.commit("u", grow(first, 5))
-    assert await store.commit("u", grow(first, 5)) == committed  # no StaleLease
+    await store.commit("u", grow(first, 5))
+    await store.commit("u", grow(first, 5))  # no StaleLease
+    assert await store.get("u") == apply_commit(first, grow(first, 5))
     monkeypatch.undo()
     with pytest.raises(StaleLease):
         await store.commit("u", grow(first, 5))  # a different call is stale, as ever
@@ -352,7 +355,8 @@ def test_scripts_run_over_a_wire_on_either_event_loop(url: str) -> None:
             await store.create(fresh(upload_id))
             record = await store.acquire(upload_id, node="n", client=None)
             commit = grow(record, 5)
-            assert await store.commit(upload_id, commit) == apply_commit(record, commit)
+            await store.commit(upload_id, commit)
+            assert await store.get(upload_id) == apply_commit(record, commit)
             # RESP2, where nothing arrives unasked (redis-py's own default is RESP3)
             link = next(iter(store._links.values()))
             assert "resp=2" in (await link.connections.call("CLIENT", "INFO")).split()
@@ -373,7 +377,7 @@ async def test_resp3_runs_through_redis_py(tmp_path: Path) -> None:
         record = await store.acquire("u", node="n", client=None)
         assert record.tail is None and record.last_client is None
         commit = grow(record, 5)
-        assert await store.commit("u", commit) == apply_commit(record, commit)
+        await store.commit("u", commit)
         assert await store.get("u") == apply_commit(record, commit)
         assert _wires(store) and not any(isinstance(c, _Wire) for c in _wires(store))
     finally:
@@ -476,7 +480,8 @@ async def test_durable_works_on_a_server_that_fsyncs_each_write(fsyncing_server:
         await store.create(fresh("u", length=3))
         record = await store.acquire("u", node="n", client=None)
         commit = grow(record, 3)
-        assert await store.commit("u", commit) == apply_commit(record, commit)
+        await store.commit("u", commit)
+        assert await store.get("u") == apply_commit(record, commit)
     finally:
         await store.close()
 

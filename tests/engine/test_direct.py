@@ -73,9 +73,9 @@ def record_commits(engine: UploadService) -> list[Commit]:
     commits: list[Commit] = []
     original = engine.state.commit
 
-    async def commit(upload_id: str, change: Commit) -> UploadRecord:
+    async def commit(upload_id: str, change: Commit) -> None:
         commits.append(change)
-        return await original(upload_id, change)
+        await original(upload_id, change)
 
     engine.state.commit = commit  # type: ignore[method-assign]
     return commits

@@ -121,8 +121,13 @@ class StateStore(Protocol):
         """Take the lease: epoch += 1, count client/node switches, return the new record.
         Raises ``KeyError`` when the upload does not exist."""
 
-    async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
-        """Compare-and-set progress; raises ``StaleLease`` if epoch or offset moved."""
+    async def commit(self, upload_id: str, commit: Commit) -> None:
+        """Compare-and-set progress; raises ``StaleLease`` if epoch or offset moved.
+
+        Returns nothing: the record after it is ``apply_commit(lease holder's record,
+        commit)``, which the holder works out itself. Nobody else can change the record
+        while the lease stands (any change takes a new lease, which fails this commit), so
+        reading it back would cost every append a record to encode, send and parse."""
 
     async def mark_assembled(self, upload_id: str) -> None: ...
 

@@ -35,13 +35,11 @@ class MemoryStateStore:
         self._records[upload_id] = record
         return record
 
-    async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
+    async def commit(self, upload_id: str, commit: Commit) -> None:
         current = self._records.get(upload_id)
         if current is None:
             raise StaleLease(upload_id)
-        record = apply_commit(current, commit)
-        self._records[upload_id] = record
-        return record
+        self._records[upload_id] = apply_commit(current, commit)
 
     async def mark_assembled(self, upload_id: str) -> None:
         current = self._records.get(upload_id)

@@ -19,11 +19,12 @@ without interleaving (the pattern of redis-py's lock release): ``acquire`` bumps
 index and the key's TTL in step in the same script. ``check_commit`` runs in Python before
 the script, so a commit that is a caller's bug changes nothing. Offsets and epochs are
 compared as the decimal strings tether wrote, so they are exact at any size; expiry
-times are compared as doubles parsed from ``repr(float)``, exact as well. Scripts (``get``
-too) hand a record back as ``HMGET`` of its fields in a fixed order, a flat array that
-hiredis parses in C and Python unpacks by position: no JSON document and no dict per reply
-(an earlier ``cjson.encode(HGETALL)`` spent a third of an acquire+commit pair's client CPU
-decoding).
+times are compared as doubles parsed from ``repr(float)``, exact as well. ``get`` and
+``acquire`` hand a record back as ``HMGET`` of its fields in a fixed order, a flat array
+that hiredis parses in C and Python unpacks by position: no JSON document and no dict per
+reply (an earlier ``cjson.encode(HGETALL)`` spent a third of an acquire+commit pair's
+client CPU decoding). ``commit`` hands back only ``1``: the lease holder knows the record
+it leaves.
 
 **TTL as a backstop, not as the expiry.** An incomplete upload's key also carries a Redis
 TTL: ``max(expires_at, Redis's now) + 1 day``. The reaper (``expired``/``expire``) stays
@@ -39,7 +40,7 @@ that was acknowledged.
 **Retries.** redis-py retries a command twice on connection errors and timeouts (short
 backoff). A command can have run even though its reply was lost, so each create, acquire
 and commit carries a unique token stored in ``op``: a retry that finds its own token
-knows it already ran and returns the record instead of failing with ``UploadExists`` or
+knows it already ran and answers as if it just had, instead of failing with ``UploadExists`` or
 ``StaleLease`` or bumping the epoch twice (if another operation came in between, the
 retry fails safe: ``UploadExists``, ``StaleLease``, or one more epoch). ``delete`` and
 ``expire`` may answer ``False`` after such a retry: the record is gone either way, but a
@@ -269,43 +270,44 @@ return r
 # KEYS: upload, expiry. ARGV: id, token, epoch, expected offset, offset, segments,
 # length ('' = none), expires_at ('' = none), score ('' = not indexed), margin,
 # release ('1'/'0'), has_tail ('1'/'0'), tail.
-# Returns the record's fields after the commit, or nil if epoch or offset moved.
+# Returns 1, or nil if epoch or offset moved. It reads only the fields it compares or may
+# delete: the lease holder knows the record after its own commit (``apply_commit``).
 _COMMIT_LUA = (
-    _RECORD_LUA
-    + _INDEX_LUA
+    _INDEX_LUA
     + """
-local r = record(KEYS[1])
-if r[F.epoch] ~= ARGV[3] or r[F.offset] ~= ARGV[4] then
-  if r[F.op] and r[F.op] == ARGV[2] then return r end
+local r = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'op', 'length', 'expires_at', 'tail')
+if r[1] ~= ARGV[3] or r[2] ~= ARGV[4] then
+  if r[3] and r[3] == ARGV[2] then return 1 end
   return false
 end
 local set = {'offset', ARGV[5], 'segments', ARGV[6], 'op', ARGV[2]}
 local del = {}
 if ARGV[7] == '' then
-  del[#del + 1] = 'length'
+  if r[4] then del[#del + 1] = 'length' end
 else
   set[#set + 1] = 'length'
   set[#set + 1] = ARGV[7]
 end
 if ARGV[8] == '' then
-  del[#del + 1] = 'expires_at'
+  if r[5] then del[#del + 1] = 'expires_at' end
 else
   set[#set + 1] = 'expires_at'
   set[#set + 1] = ARGV[8]
 end
 if ARGV[11] == '1' then
   set[#set + 1] = 'tail_epoch'
-  set[#set + 1] = r[F.epoch]
+  set[#set + 1] = r[1]
   if ARGV[12] == '1' then
     set[#set + 1] = 'tail'
     set[#set + 1] = ARGV[13]
-  else
+  elseif r[6] then
     del[#del + 1] = 'tail'
   end
 end
-change(KEYS[1], r, set, del)
+redis.call('HSET', KEYS[1], unpack(set))
+if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
 index(KEYS[1], KEYS[2], ARGV[1], ARGV[9], tonumber(ARGV[10]))
-return r
+return 1
 """
 )
 
@@ -803,7 +805,7 @@ class RedisStateStore:
             raise KeyError(upload_id)
         return _record(upload_id, reply)
 
-    async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
+    async def commit(self, upload_id: str, commit: Commit) -> None:
         check_commit(commit)
         args = [
             upload_id,
@@ -823,7 +825,6 @@ class RedisStateStore:
         reply = await self._script("commit", [self._key(upload_id), self._expiry_key], args)
         if not reply:
             raise StaleLease(upload_id)
-        return _record(upload_id, reply)
 
     async def mark_assembled(self, upload_id: str) -> None:
         await self._script("mark_assembled", [self._key(upload_id)], [])

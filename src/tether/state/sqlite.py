@@ -118,7 +118,7 @@ class SqliteStateStore:
             raise KeyError(upload_id)
         return _record(row)
 
-    async def commit(self, upload_id: str, commit: Commit) -> UploadRecord:
+    async def commit(self, upload_id: str, commit: Commit) -> None:
         check_commit(commit)
         release = ", tail = ?, tail_epoch = epoch" if commit.release else ""
         params: tuple[Any, ...] = (
@@ -131,12 +131,11 @@ class SqliteStateStore:
             params += (commit.release_tail,)
         row = self._one(
             "UPDATE uploads SET received = ?, segments = ?, length = ?, expires_at = ?"
-            f"{release} WHERE id = ? AND epoch = ? AND received = ? RETURNING {_COLUMNS}",
+            f"{release} WHERE id = ? AND epoch = ? AND received = ? RETURNING id",
             (*params, upload_id, commit.epoch, commit.expected_offset),
         )
         if row is None:
             raise StaleLease(upload_id)
-        return _record(row)
 
     async def mark_assembled(self, upload_id: str) -> None:
         self._one("UPDATE uploads SET assembled = 1 WHERE id = ? RETURNING id", (upload_id,))
