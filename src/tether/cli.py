@@ -90,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--state",
         default=_env("STATE", "sqlite:///./tether-data/state.db"),
-        help="state store URL: sqlite:///PATH or memory://",
+        help="state store URL: sqlite:///PATH (one node), postgresql://… or redis://…"
+        " (rediss:// for TLS; nodes sharing it form a cluster), memory:// (tests)",
     )
     serve.add_argument(
         "--storage",
         default=_env("STORAGE", "file://./tether-data/uploads"),
-        help="byte store URL: file://DIR or memory://",
+        help="byte store URL: file://DIR (for a cluster, a directory every node shares),"
+        " s3://BUCKET/PREFIX?endpoint=…&region=…, memory:// (tests)",
     )
     serve.add_argument(
         "--node-id",
