@@ -333,10 +333,14 @@ class UploadService:
             tail.name if tail else None,
         )
         try:
-            await self.state.commit(record.id, release)
+            return await self._commit(record, release)
         except StaleLease:
             return None
-        return apply_commit(record, release)
+
+    async def _commit(self, record: UploadRecord, commit: Commit) -> UploadRecord:
+        """Make ``commit`` as the lease holder of ``record``; the record it leaves."""
+        await self.state.commit(record.id, commit)
+        return apply_commit(record, commit)
 
     async def _stream(
         self,
@@ -402,7 +406,7 @@ class UploadService:
                 settle=release and declaring and final_length is not None,
             )
             try:
-                await self.state.commit(upload_id, new)
+                record = await self._commit(record, new)
             except StaleLease:
                 abandon = getattr(current, "abandon", None)
                 if abandon is not None:
@@ -410,7 +414,6 @@ class UploadService:
                         await abandon()
                 raise errors.superseded() from None
             committed = written
-            record = apply_commit(record, new)
             return record
 
         # A body the kernel can move into the segment (a socket spliced into a file) skips
@@ -611,9 +614,9 @@ class UploadService:
                 break
             try:
                 leased = await self.state.acquire(record.id, node=self.config.node_id, client=None)
-                done = _release(leased, total, leased.segments, total, leased.expires_at, None)
-                await self.state.commit(record.id, done)
-                record = apply_commit(leased, done)
+                record = await self._commit(
+                    leased, _release(leased, total, leased.segments, total, leased.expires_at, None)
+                )
             except StaleLease:
                 latest = await self.state.get(record.id)
                 if latest is None:

@@ -308,6 +308,14 @@ class StateStoreContract:
         nxt = await store.acquire("u", node="n", client=None)
         assert nxt.continuable_tail() == Segment("e1", 0, 0)
 
+    async def test_a_commit_may_clear_the_length_and_the_expiry(self, state_stores: States) -> None:
+        store = state_stores.open()
+        await store.create(fresh("u", length=10, expires_at=5.0))
+        record = await store.acquire("u", node="n", client=None)
+        record = await committed(store, record, grow(record, 2, length=None, expires_at=None))
+        assert (record.length, record.expires_at) == (None, None)
+        assert await store.expired(10.0, 10) == []
+
     # -- expiry, completion, deletion ----------------------------------------------------
 
     async def test_expire_deletes_only_expired_incomplete_uploads(

@@ -168,9 +168,17 @@ _RECORD_FIELDS = (
     "client_switches",
     "node_switches",
 )
+# ``add`` appends a field and its value to the list an HSET (or an HDEL) will take.
+_ADD_LUA = """
+local function add(t, name, value)
+  t[#t + 1] = name
+  t[#t + 1] = value
+end
+"""
+
 # ``record`` reads all of them (and ``op``) in one HMGET; ``F`` maps a name to its place
-# in that array; ``change`` writes fields with one HSET and one HDEL, patching the array
-# the script hands back, so a script reads the hash once and writes it once.
+# in that array; ``change`` writes fields with one HSET, patching the array the script
+# hands back, so a script reads the hash once and writes it once.
 _RECORD_LUA = (
     "local F = {"
     + ", ".join(f"{name} = {i}" for i, name in enumerate((*_RECORD_FIELDS, "op"), start=1))
@@ -181,19 +189,9 @@ local function record(key)
 end
 """
     + """
-local function change(key, r, set, del)
-  if #set > 0 then
-    redis.call('HSET', key, unpack(set))
-    for i = 1, #set, 2 do r[F[set[i]]] = set[i + 1] end
-  end
-  local gone = {}
-  for _, name in ipairs(del) do
-    if r[F[name]] then
-      gone[#gone + 1] = name
-      r[F[name]] = false
-    end
-  end
-  if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+local function change(key, r, set)
+  redis.call('HSET', key, unpack(set))
+  for i = 1, #set, 2 do r[F[set[i]]] = set[i + 1] end
 end
 
 local function plus_one(value)
@@ -244,24 +242,22 @@ return 1
 # Returns the record's fields after the lease, or nil if there is no such upload.
 _ACQUIRE_LUA = (
     _RECORD_LUA
+    + _ADD_LUA
     + """
 local r = record(KEYS[1])
 if not r[F.epoch] then return false end
 if r[F.op] ~= ARGV[1] then
   local set = {'epoch', plus_one(r[F.epoch]), 'last_node', ARGV[2], 'op', ARGV[1]}
   if r[F.last_node] and r[F.last_node] ~= ARGV[2] then
-    set[#set + 1] = 'node_switches'
-    set[#set + 1] = plus_one(r[F.node_switches])
+    add(set, 'node_switches', plus_one(r[F.node_switches]))
   end
   if ARGV[3] == '1' then
     if r[F.last_client] and r[F.last_client] ~= ARGV[4] then
-      set[#set + 1] = 'client_switches'
-      set[#set + 1] = plus_one(r[F.client_switches])
+      add(set, 'client_switches', plus_one(r[F.client_switches]))
     end
-    set[#set + 1] = 'last_client'
-    set[#set + 1] = ARGV[4]
+    add(set, 'last_client', ARGV[4])
   end
-  change(KEYS[1], r, set, {})
+  change(KEYS[1], r, set)
 end
 return r
 """
@@ -274,7 +270,12 @@ return r
 # delete: the lease holder knows the record after its own commit (``apply_commit``).
 _COMMIT_LUA = (
     _INDEX_LUA
+    + _ADD_LUA
     + """
+-- A field set to value, or deleted where value is '' and the hash has the field.
+local function put(set, del, present, name, value)
+  if value ~= '' then add(set, name, value) elseif present then del[#del + 1] = name end
+end
 local r = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'op', 'length', 'expires_at', 'tail')
 if r[1] ~= ARGV[3] or r[2] ~= ARGV[4] then
   if r[3] and r[3] == ARGV[2] then return 1 end
@@ -282,27 +283,11 @@ if r[1] ~= ARGV[3] or r[2] ~= ARGV[4] then
 end
 local set = {'offset', ARGV[5], 'segments', ARGV[6], 'op', ARGV[2]}
 local del = {}
-if ARGV[7] == '' then
-  if r[4] then del[#del + 1] = 'length' end
-else
-  set[#set + 1] = 'length'
-  set[#set + 1] = ARGV[7]
-end
-if ARGV[8] == '' then
-  if r[5] then del[#del + 1] = 'expires_at' end
-else
-  set[#set + 1] = 'expires_at'
-  set[#set + 1] = ARGV[8]
-end
+put(set, del, r[4], 'length', ARGV[7])
+put(set, del, r[5], 'expires_at', ARGV[8])
 if ARGV[11] == '1' then
-  set[#set + 1] = 'tail_epoch'
-  set[#set + 1] = r[1]
-  if ARGV[12] == '1' then
-    set[#set + 1] = 'tail'
-    set[#set + 1] = ARGV[13]
-  elseif r[6] then
-    del[#del + 1] = 'tail'
-  end
+  add(set, 'tail_epoch', r[1])
+  if ARGV[12] == '1' then add(set, 'tail', ARGV[13]) elseif r[6] then del[#del + 1] = 'tail' end
 end
 redis.call('HSET', KEYS[1], unpack(set))
 if #del > 0 then redis.call('HDEL', KEYS[1], unpack(del)) end
