@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tether.cli import build_parser, parse_duration, parse_size
+from tether.server.config import ServerConfig
+from tether.server.run import build_app
 
 
 @pytest.mark.parametrize(
@@ -36,8 +38,25 @@ def test_durations(text: str, seconds: float | None) -> None:
 def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_PORT", "8089")
     monkeypatch.setenv("TETHER_DURABILITY", "machine")
+    monkeypatch.setenv("TETHER_COMMIT_PERIOD", "0")
     args = build_parser().parse_args(["serve"])
-    assert (args.port, args.durability) == (8089, "machine")
+    assert (args.port, args.durability, args.commit_period) == (8089, "machine", 0.0)
+
+
+async def test_the_commit_settings_reach_the_engine(tmp_path: Path) -> None:
+    config = ServerConfig(
+        state_url=f"sqlite:///{tmp_path}/state.db",
+        storage_url=f"file://{tmp_path}/uploads",
+        commit_interval=1024 * 1024,
+        commit_period=0.5,
+    )
+    service = build_app(config).service
+    try:
+        engine = service.config
+        assert (engine.commit_interval, engine.commit_period) == (1024 * 1024, 0.5)
+    finally:
+        await service.state.close()
+        await service.storage.close()
 
 
 @pytest.mark.parametrize(
@@ -46,6 +65,8 @@ def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--state", "mysql://x"], "known schemes: sqlite://"),
         (["--state", "sqlite:////proc/none/state.db"], "cannot open SQLite database"),
         (["--storage", "file:///proc/none/uploads"], "cannot use /proc/none/uploads"),
+        (["--commit-period", "-1"], "commit period must be"),
+        (["--commit-period", "nan"], "commit period must be"),
     ],
 )
 def test_unusable_settings_exit_2_with_a_message(

@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="commit a streaming body at least every this many bytes (default 4MiB)",
     )
     serve.add_argument(
+        "--commit-period",
+        type=float,
+        default=float(_env("COMMIT_PERIOD", "0.25") or 0.25),
+        help="but no sooner than this many seconds after its previous commit"
+        " (default 0.25; 0: at every interval; S3 commits at every part)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -239,6 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
             allow_download=not args.no_download,
             body_idle_timeout=args.body_timeout,
             commit_interval=interval,
+            commit_period=args.commit_period,
             access_log=not args.no_access_log,
             node_in_url=args.node_in_url,
             **kwargs,

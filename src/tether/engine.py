@@ -71,8 +71,13 @@ class EngineConfig:
     expire_after: float | None = 24 * 3600.0
     durable: bool = False
     # Commit at least this often while a body streams, so a connection that dies silently
-    # still leaves its bytes acknowledged.
+    # still leaves its bytes acknowledged...
     commit_interval: int = 4 * MiB
+    # ...but no sooner than this many seconds after the request's previous commit: on a
+    # fast link every 4 MiB is hundreds of commits a second per upload, each a round trip
+    # to a shared state store, for the sake of a fraction of a second of re-sending. Not
+    # on a store that sets its own interval (S3 parts): it commits at each boundary.
+    commit_period: float = 0.25
     # Put this node's id in the ids of the uploads it creates (``n1.<hex>``), for load
     # balancers that route by URL. A hint only: no node ever reads it back.
     node_in_ids: bool = False
@@ -112,11 +117,13 @@ class UploadService:
         storage: ByteStore,
         config: EngineConfig,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
         self.storage = storage
         self.config = config
-        self.clock = clock
+        self.clock = clock  # wall time, for expiry
+        self.timer = timer  # for the commit period
         # Requests streaming into an upload on this node. Only an optimisation: a stale
         # request is fenced by the state store anyway; this just stops it sooner.
         self._inflight: dict[str, dict[Interruptible, asyncio.Event]] = {}
@@ -364,6 +371,9 @@ class UploadService:
         hasher = new_hasher(checksum.algorithm) if checksum is not None else None
         limit = length if length is not None else self.config.max_size
         interval = self.storage.commit_interval or self.config.commit_interval
+        period = 0.0 if self.storage.commit_interval else self.config.commit_period
+        timer = self.timer
+        last_commit = timer()
         durable = self.config.durable
         writer = None
         start_offset = record.offset
@@ -373,8 +383,12 @@ class UploadService:
         if request is not None:
             self.register(upload_id, request)
 
+        def commit_due() -> bool:
+            """Whether an interval boundary mid-body is worth a commit now."""
+            return period <= 0 or timer() - last_commit >= period
+
         async def commit(*, release: bool, final_length: int | None) -> UploadRecord:
-            nonlocal record, committed, written, writer
+            nonlocal record, committed, written, writer, last_commit
             current = writer
             if writer is not None and written > committed:
                 try:
@@ -414,6 +428,7 @@ class UploadService:
                         await abandon()
                 raise errors.superseded() from None
             committed = written
+            last_commit = timer()
             return record
 
         # A body the kernel can move into the segment (a socket spliced into a file) skips
@@ -441,7 +456,7 @@ class UploadService:
                             break
                         written += n
                         # (At the body's end the releasing commit follows at once.)
-                        if n == room and written != content_length:
+                        if n == room and written != content_length and commit_due():
                             await commit(release=False, final_length=length)
                 else:
                     async for chunk in body:
@@ -457,10 +472,10 @@ class UploadService:
                             written += n
                             hasher.update(chunk)
                             continue
-                        # Commit each time the segment crosses a multiple of the interval, not
-                        # every interval bytes of this request: a store that stores whole parts
-                        # (S3) then commits exactly at its part boundaries, with nothing left
-                        # over to store as a separate piece.
+                        # Commit when the segment crosses a multiple of the interval (once
+                        # the period has passed), not every interval bytes of this request: a
+                        # store that stores whole parts (S3) then commits exactly at its part
+                        # boundaries, with nothing left over to store as a separate piece.
                         room = interval - (position + written) % interval
                         if n < room:
                             await writer.write(chunk)
@@ -471,7 +486,7 @@ class UploadService:
                             await writer.write(view[:room])
                             written += room
                             view = view[room:]
-                            if written != content_length:
+                            if written != content_length and commit_due():
                                 await commit(release=False, final_length=length)
                             room = interval
                         if view:

@@ -56,13 +56,22 @@ class Stack:
         *,
         state: StateStore | None = None,
         commit_interval: int = INTERVAL,
+        commit_period: float = 0.0,
         **config: Any,
     ) -> UploadService:
+        # Period 0: the tests place commits by bytes alone, unless they test the period
+        # (which runs on ``clock`` too: nothing here waits for real time).
         engine = UploadService(
             state if state is not None else self.states.open(),
             self.bytes.open(),
-            EngineConfig(node_id=node, commit_interval=commit_interval, **config),
+            EngineConfig(
+                node_id=node,
+                commit_interval=commit_interval,
+                commit_period=commit_period,
+                **config,
+            ),
             clock=self.clock,
+            timer=self.clock,
         )
         self.engines.append(engine)
         return engine

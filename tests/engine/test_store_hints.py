@@ -50,10 +50,10 @@ class PartStore(MemoryByteStore):
 
 
 def _engine(store: PartStore) -> UploadService:
-    # The engine's own interval is smaller: the store's wins.
-    return UploadService(
-        MemoryStateStore(), store, EngineConfig(node_id="n1", commit_interval=4 * KiB)
-    )
+    # The engine's own interval is smaller and its period longer than any test: the store's
+    # part boundaries win over both.
+    config = EngineConfig(node_id="n1", commit_interval=4 * KiB, commit_period=3600.0)
+    return UploadService(MemoryStateStore(), store, config)
 
 
 async def test_mid_stream_commits_fall_on_the_stores_part_boundaries() -> None:

@@ -32,6 +32,7 @@ class ServerConfig:
     allow_download: bool = True
     body_idle_timeout: float = 60.0
     commit_interval: int = 4 * 1024 * 1024
+    commit_period: float = 0.25
     max_metadata_bytes: int = 8192
     graceful_timeout: float = 30.0
     access_log: bool = True
@@ -48,6 +49,8 @@ class ServerConfig:
             raise ValueError("durability must be 'process' or 'machine'")
         if self.commit_interval < 64 * 1024:
             raise ValueError("commit interval must be at least 64 KiB")
+        if not (0 <= self.commit_period < float("inf")):
+            raise ValueError("commit period must be a number of seconds, 0 or more")
 
     @property
     def node_in_ids(self) -> bool:

@@ -40,6 +40,7 @@ def build_app(config: ServerConfig) -> TetherApp:
         expire_after=config.expire_after,
         durable=durable,
         commit_interval=config.commit_interval,
+        commit_period=config.commit_period,
         node_in_ids=config.node_in_ids,
     )
     return TetherApp(config, UploadService(state, storage, engine))
