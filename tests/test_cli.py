@@ -39,8 +39,10 @@ def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_PORT", "8089")
     monkeypatch.setenv("TETHER_DURABILITY", "machine")
     monkeypatch.setenv("TETHER_COMMIT_PERIOD", "0")
+    monkeypatch.setenv("TETHER_QUIET_COMMIT", "2.5")
     args = build_parser().parse_args(["serve"])
-    assert (args.port, args.durability, args.commit_period) == (8089, "machine", 0.0)
+    assert (args.port, args.durability) == (8089, "machine")
+    assert (args.commit_period, args.quiet_commit) == (0.0, 2.5)
 
 
 async def test_the_commit_settings_reach_the_engine(tmp_path: Path) -> None:
@@ -67,6 +69,7 @@ async def test_the_commit_settings_reach_the_engine(tmp_path: Path) -> None:
         (["--storage", "file:///proc/none/uploads"], "cannot use /proc/none/uploads"),
         (["--commit-period", "-1"], "commit period must be"),
         (["--commit-period", "nan"], "commit period must be"),
+        (["--quiet-commit", "-0.5"], "quiet commit must be"),
     ],
 )
 def test_unusable_settings_exit_2_with_a_message(

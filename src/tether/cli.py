@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         " (default 0.25; 0: at every interval; S3 commits at every part)",
     )
     serve.add_argument(
+        "--quiet-commit",
+        type=float,
+        default=float(_env("QUIET_COMMIT", "1") or 1),
+        help="a body that has sent nothing for this many seconds commits what it sent"
+        " (default 1; 0: never; not on S3)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -247,6 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
             body_idle_timeout=args.body_timeout,
             commit_interval=interval,
             commit_period=args.commit_period,
+            quiet_commit=args.quiet_commit,
             access_log=not args.no_access_log,
             node_in_url=args.node_in_url,
             **kwargs,

@@ -57,6 +57,14 @@ class BodyInterrupted(Exception):
         self.error = error
 
 
+class BodyQuiet(Exception):
+    """Raised by a body stream whose client has sent nothing for a while, though the request
+    goes on: the engine commits what it has, then reads on. A client that lost its network
+    silently (a mobile client whose address changed) comes back through another connection,
+    perhaps on another node, whose takeover then finds those bytes committed, not lost with
+    the old request. Raised between steps of the body, never with bytes half moved."""
+
+
 class Interruptible:
     """A request the engine can stop from outside (a body stream implements this)."""
 
@@ -431,6 +439,11 @@ class UploadService:
             last_commit = timer()
             return record
 
+        async def commit_quiet() -> None:
+            # Not on a store with its own interval: an S3 part must be whole to be committed.
+            if written > committed and not self.storage.commit_interval:
+                await commit(release=False, final_length=length)
+
         # A body the kernel can move into the segment (a socket spliced into a file) skips
         # Python altogether; only for plain bodies whose end is known to fit the upload.
         write_from: Callable[[DirectSource, int], Awaitable[int]] | None = None
@@ -451,7 +464,11 @@ class UploadService:
                 if write_from is not None:
                     while True:
                         room = interval - (position + written) % interval
-                        n = await write_from(cast(DirectSource, body), room)
+                        try:
+                            n = await write_from(cast(DirectSource, body), room)
+                        except BodyQuiet:
+                            await commit_quiet()
+                            continue
                         if n == 0:
                             break
                         written += n
@@ -459,7 +476,16 @@ class UploadService:
                         if n == room and written != content_length and commit_due():
                             await commit(release=False, final_length=length)
                 else:
-                    async for chunk in body:
+                    chunks = aiter(body)
+                    while True:
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                        except BodyQuiet:
+                            if hasher is None:  # (a checksummed body is kept whole or not at all)
+                                await commit_quiet()
+                            continue
                         n = len(chunk)
                         if limit is not None and start_offset + written + n > limit:
                             what = "Upload-Length" if length is not None else "the maximum size"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +87,37 @@ def test_takeover_across_nodes_is_immediate(nodes: list[ServerProcess]) -> None:
     for node in nodes:
         assert rawhttp.offset(node.url + path) == len(data)
         assert rawhttp.request("GET", node.url + path).body == data
+
+
+def test_a_request_gone_quiet_keeps_what_it_received_for_a_takeover(
+    nodes: list[ServerProcess], tmp_path: Path
+) -> None:
+    """A client that lost its network silently (a mobile address change): its request on
+    node0 receives nothing more, commits what it has after ``--quiet-commit`` (1 s), and
+    the client, back through node1, resumes from there instead of re-sending it."""
+    data = os.urandom(8 * MiB)
+    url = rawhttp.create(nodes[0].url, len(data))
+    path = url.split("/files/", 1)[1]
+    sent = 6 * MiB + 12345  # not on a commit interval
+    hung = rawhttp.connect(nodes[0].url)
+    try:
+        rawhttp.send_head(hung, "PATCH", nodes[0].url + path, rawhttp.patch_headers(0, len(data)))
+        hung.sendall(data[:sent])
+        # Watched in the shared state file: a HEAD would take the upload over.
+        state = sqlite3.connect(f"file:{tmp_path / 'shared' / 'state.db'}?mode=ro", uri=True)
+        try:
+            deadline = time.monotonic() + 10
+            received = 0
+            while received != sent and time.monotonic() < deadline:
+                time.sleep(0.1)
+                row = state.execute("SELECT received FROM uploads WHERE id = ?", (path,))
+                received = row.fetchone()[0]
+        finally:
+            state.close()
+        assert received == sent
+        assert rawhttp.offset(nodes[1].url + path) == sent
+        response = rawhttp.patch(nodes[1].url + path, sent, data[sent:])
+        assert response.status == 204, response
+    finally:
+        hung.close()
+    assert rawhttp.request("GET", nodes[1].url + path).body == data

@@ -26,3 +26,11 @@ async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     opened = open_stack(state, storage, tmp_path)
     yield opened
     await opened.aclose()
+
+
+@pytest.fixture
+async def file_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """SQLite and the filesystem store only: for bodies the kernel splices into a file."""
+    opened = open_stack(SQLITE_STATE, FILE_BYTES, tmp_path)
+    yield opened
+    await opened.aclose()

@@ -5,13 +5,10 @@ stack's clock, advanced by the bodies as their chunks arrive."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.contract.backends import FILE_BYTES, SQLITE_STATE
 from tests.engine.support import (
     INTERVAL,
     Clock,
@@ -21,7 +18,6 @@ from tests.engine.support import (
     create,
     final_bytes,
     offset_of,
-    open_stack,
     pattern,
 )
 from tests.engine.test_direct import DirectStream, record_commits, send
@@ -30,13 +26,6 @@ from tether.protocol.errors import UploadError
 PERIOD = 1.0
 TICK = 0.1  # per quarter interval: an interval takes 0.4 s, so every third one commits
 EVERY_THIRD = [3 * INTERVAL, 6 * INTERVAL, 9 * INTERVAL]
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    opened = open_stack(SQLITE_STATE, FILE_BYTES, tmp_path)
-    yield opened
-    await opened.aclose()
 
 
 class Ticking(Stream):
@@ -65,13 +54,13 @@ class TickingDirect(DirectStream):
 
 @pytest.mark.parametrize("kind", [Ticking, TickingDirect], ids=["read", "spliced"])
 async def test_a_fast_body_commits_once_the_period_has_passed(
-    stack: Stack, kind: type[Ticking | TickingDirect]
+    file_stack: Stack, kind: type[Ticking | TickingDirect]
 ) -> None:
-    engine = stack.engine(commit_period=PERIOD)
+    engine = file_stack.engine(commit_period=PERIOD)
     source = pattern(10 * INTERVAL + 123, 1)
     upload = await create(engine, len(source))
     commits = record_commits(engine)
-    body = kind(source, stack.clock, TICK, chunk=INTERVAL // 4)
+    body = kind(source, file_stack.clock, TICK, chunk=INTERVAL // 4)
     record = await send(engine, upload, 0, body, size=len(source))
     assert record.complete
     assert [c.offset for c in commits if not c.release] == EVERY_THIRD
@@ -80,23 +69,23 @@ async def test_a_fast_body_commits_once_the_period_has_passed(
     assert await final_bytes(engine, upload.id) == source
 
 
-async def test_a_slow_body_commits_at_every_boundary(stack: Stack) -> None:
-    engine = stack.engine(commit_period=PERIOD)
+async def test_a_slow_body_commits_at_every_boundary(file_stack: Stack) -> None:
+    engine = file_stack.engine(commit_period=PERIOD)
     source = pattern(4 * INTERVAL, 3)
     upload = await create(engine, len(source))
     commits = record_commits(engine)
-    body = Ticking(source, stack.clock, PERIOD, chunk=INTERVAL // 2)
+    body = Ticking(source, file_stack.clock, PERIOD, chunk=INTERVAL // 2)
     await append(engine, upload.id, 0, body, content_length=len(source))
     assert [c.offset for c in commits if not c.release] == [INTERVAL, 2 * INTERVAL, 3 * INTERVAL]
 
 
-async def test_what_a_hung_body_left_uncommitted_is_sent_again(stack: Stack) -> None:
+async def test_what_a_hung_body_left_uncommitted_is_sent_again(file_stack: Stack) -> None:
     """The price of the period: bytes past the last commit of a request that hangs are lost
     to a takeover from another node, as they were before within one interval."""
-    first, second = stack.engine("n1", commit_period=PERIOD), stack.engine("n2")
+    first, second = file_stack.engine("n1", commit_period=PERIOD), file_stack.engine("n2")
     source = pattern(8 * INTERVAL, 4)
     upload = await create(first, len(source))
-    hung = Ticking(source, stack.clock, TICK, chunk=INTERVAL // 4, hang_at=5 * INTERVAL)
+    hung = Ticking(source, file_stack.clock, TICK, chunk=INTERVAL // 4, hang_at=5 * INTERVAL)
     task = asyncio.ensure_future(append(first, upload.id, 0, hung, content_length=len(source)))
     await asyncio.wait_for(hung.reached.wait(), 5)
     # 1.2 s had passed at the third boundary; the fourth and fifth came too soon.

@@ -49,7 +49,7 @@ class PartStore(MemoryByteStore):
         return _Writer(self, await super().open_segment(upload_id, segment, start), start)
 
 
-def _engine(store: PartStore) -> UploadService:
+def part_engine(store: PartStore) -> UploadService:
     # The engine's own interval is smaller and its period longer than any test: the store's
     # part boundaries win over both.
     config = EngineConfig(node_id="n1", commit_interval=4 * KiB, commit_period=3600.0)
@@ -58,7 +58,7 @@ def _engine(store: PartStore) -> UploadService:
 
 async def test_mid_stream_commits_fall_on_the_stores_part_boundaries() -> None:
     store = PartStore()
-    engine = _engine(store)
+    engine = part_engine(store)
     source = pattern(100 * KiB, 1)
     upload = await create(engine, len(source))
     # 10 KiB first: the next request continues the segment off the part grid.
@@ -71,7 +71,7 @@ async def test_mid_stream_commits_fall_on_the_stores_part_boundaries() -> None:
 
 async def test_a_writer_that_cannot_settle_leaves_no_continuable_tail() -> None:
     store = PartStore()
-    engine = _engine(store)
+    engine = part_engine(store)
     source = pattern(30 * KiB, 2)
     upload = await create(engine, len(source))
     store.fail_close = True

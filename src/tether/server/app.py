@@ -252,7 +252,9 @@ class TetherApp:
     def _body(self, scope: Scope, receive: Receive) -> BodyReader:
         """A request's body, which the engine may have spliced when the server offers it."""
         splice = scope.get("extensions", {}).get(SPLICE)
-        return BodyReader(receive, self.config.body_idle_timeout, splice)
+        return BodyReader(
+            receive, self.config.body_idle_timeout, splice, quiet=self.config.quiet_commit
+        )
 
     async def _run(
         self,

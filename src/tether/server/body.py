@@ -9,7 +9,9 @@ Bodies the server can splice (``server/protocol.py``) are also a ``DirectSource`
 engine may have their bytes moved into a segment file by the kernel instead.
 
 Idle timeout: one timer per request, re-armed lazily from the time of the last chunk,
-rather than a timeout context per chunk (which cost ~25 µs a chunk on workload A).
+rather than a timeout context per chunk (which cost ~25 µs a chunk on workload A). The same
+timer tells the engine, once per silence, that the client has sent nothing for ``quiet``
+seconds (``BodyQuiet``), so that it commits what it has while the request waits on.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from tether.engine import BodyInterrupted, Interruptible
+from tether.engine import BodyInterrupted, BodyQuiet, Interruptible
 from tether.protocol import errors
 from tether.protocol.errors import UploadError
 from tether.server.asgi import Receive
@@ -34,6 +36,9 @@ class BodyReader(Interruptible):
         "_last",
         "_loop",
         "_move_into",
+        "_pausing",
+        "_quiet",
+        "_quieted",
         "_receive",
         "_stop",
         "_task",
@@ -42,11 +47,19 @@ class BodyReader(Interruptible):
     )
 
     def __init__(
-        self, receive: Receive, idle_timeout: float, splice: dict[str, Any] | None = None
+        self,
+        receive: Receive,
+        idle_timeout: float,
+        splice: dict[str, Any] | None = None,
+        *,
+        quiet: float | None = None,
     ) -> None:
         self._receive = receive
         self._move_into: MoveInto | None = splice["move_into"] if splice else None
         self._idle = idle_timeout
+        self._quiet = quiet or None
+        self._quieted = False  # BodyQuiet was raised since the last chunk
+        self._pausing = False  # the task was cancelled to raise it
         self._done = False
         self._stop: UploadError | None = None
         self._task: asyncio.Task[object] | None = None
@@ -58,14 +71,27 @@ class BodyReader(Interruptible):
     def __aiter__(self) -> BodyReader:
         return self
 
-    def _watch(self) -> None:
+    def _arm(self) -> None:
         assert self._loop is not None
         deadline = self._last + self._idle
-        if self._waiting and self._loop.time() >= deadline:
-            self._timer = None
+        if self._quiet is not None and not self._quieted:
+            deadline = min(deadline, self._last + self._quiet)
+        self._timer = self._loop.call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        if self._done or self._stop is not None or not self._waiting:
+            return  # (the next step arms it again)
+        now = self._loop.time()
+        if now >= self._last + self._idle:
             self.interrupt(errors.request_timeout())
-        elif not self._done and self._stop is None:
-            self._timer = self._loop.call_at(deadline, self._watch)
+        elif self._quiet is not None and not self._quieted and now >= self._last + self._quiet:
+            self._quieted = self._pausing = True
+            assert self._task is not None
+            self._task.cancel()
+        else:
+            self._arm()
 
     def _finish(self) -> None:
         self._done = True
@@ -86,21 +112,32 @@ class BodyReader(Interruptible):
             raise BodyInterrupted(self._stop)
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()
             self._last = self._loop.time()
-            self._timer = self._loop.call_at(self._last + self._idle, self._watch)
+        self._task = asyncio.current_task()  # (the task to cancel: whichever reads)
+        if self._timer is None:
+            self._arm()
         self._waiting = True
         try:
             result = await step()
         except asyncio.CancelledError:
             task = self._task
-            if self._stop is not None and task is not None and task.uncancel() == 0:
-                self._finish()
-                raise BodyInterrupted(self._stop) from None
+            ours = self._stop is not None or self._pausing
+            if ours and task is not None and task.uncancel() == 0:
+                self._pausing = False
+                if self._stop is not None:
+                    self._finish()
+                    raise BodyInterrupted(self._stop) from None
+                raise BodyQuiet from None
             raise
         finally:
             self._waiting = False
         self._last = self._loop.time()
+        if self._quieted:
+            # The timer runs to the idle deadline; a new silence has an earlier one.
+            self._quieted = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         return result
 
     async def move_into(self, fd: int, count: int) -> int:
@@ -134,7 +171,8 @@ class BodyReader(Interruptible):
     def interrupt(self, error: UploadError) -> None:
         if self._stop is None:
             self._stop = error
-        if self._waiting and self._task is not None:
+        # (A cancellation already on its way for BodyQuiet raises this error instead.)
+        if self._waiting and self._task is not None and not self._pausing:
             self._task.cancel()
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ class ServerConfig:
     body_idle_timeout: float = 60.0
     commit_interval: int = 4 * 1024 * 1024
     commit_period: float = 0.25
+    quiet_commit: float = 1.0
     max_metadata_bytes: int = 8192
     graceful_timeout: float = 30.0
     access_log: bool = True
@@ -51,6 +52,8 @@ class ServerConfig:
             raise ValueError("commit interval must be at least 64 KiB")
         if not (0 <= self.commit_period < float("inf")):
             raise ValueError("commit period must be a number of seconds, 0 or more")
+        if not (0 <= self.quiet_commit < float("inf")):
+            raise ValueError("quiet commit must be a number of seconds, 0 or more")
 
     @property
     def node_in_ids(self) -> bool:
