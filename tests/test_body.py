@@ -93,3 +93,38 @@ async def test_a_stop_during_the_quiet_signal_wins() -> None:
     with pytest.raises(BodyInterrupted) as stopped:
         await pending
     assert stopped.value.error.status == 409
+
+
+async def test_after_the_quiet_signal_the_timer_waits_for_the_idle_deadline() -> None:
+    client = _Trickle()
+    reader = BodyReader(client.receive, 30.0, quiet=0.05)
+    client.queue.put_nowait(b"a")
+    assert await anext(reader) == b"a"
+    last = reader._last
+    with pytest.raises(BodyQuiet):
+        await asyncio.wait_for(anext(reader), 5)
+    pending = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0)
+    # Counted from the last chunk, not from the signal: the body may still stall 30 s.
+    assert reader._timer is not None and reader._timer.when() == last + 30.0
+    client.queue.put_nowait(None)
+    with pytest.raises(StopAsyncIteration):
+        await pending
+
+
+async def test_a_cancellation_from_elsewhere_leaves_interrupts_working() -> None:
+    client = _Trickle()
+    reader = BodyReader(client.receive, 30.0, quiet=0.05)
+    first = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0)
+    reader._last -= 1.0
+    reader._watch()  # the quiet signal's cancellation...
+    first.cancel()  # ...and another, from whoever runs the task: it ends
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    # A read on another task is still stopped by an interrupt (a takeover).
+    second = asyncio.ensure_future(anext(reader))
+    await asyncio.sleep(0)
+    reader.interrupt(UploadError(409, "superseded"))
+    with pytest.raises(BodyInterrupted):
+        await asyncio.wait_for(second, 5)

@@ -45,17 +45,24 @@ def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (args.commit_period, args.quiet_commit) == (0.0, 2.5)
 
 
-async def test_the_commit_settings_reach_the_engine(tmp_path: Path) -> None:
+async def test_the_commit_settings_reach_the_engine_and_the_body_reader(tmp_path: Path) -> None:
     config = ServerConfig(
         state_url=f"sqlite:///{tmp_path}/state.db",
         storage_url=f"file://{tmp_path}/uploads",
         commit_interval=1024 * 1024,
         commit_period=0.5,
+        quiet_commit=2.5,
     )
-    service = build_app(config).service
+    app = build_app(config)
+    service = app.service
     try:
         engine = service.config
         assert (engine.commit_interval, engine.commit_period) == (1024 * 1024, 0.5)
+
+        async def receive() -> dict[str, object]:
+            raise AssertionError("not read")
+
+        assert app._body({}, receive)._quiet == 2.5  # the body reader's quiet signal
     finally:
         await service.state.close()
         await service.storage.close()

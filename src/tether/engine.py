@@ -441,7 +441,13 @@ class UploadService:
 
         async def commit_quiet() -> None:
             # Not on a store with its own interval: an S3 part must be whole to be committed.
-            if written > committed and not self.storage.commit_interval:
+            # Nor the last byte of the upload (a chunked body yet to send its end): only the
+            # request's final commit completes it.
+            if (
+                written > committed
+                and not self.storage.commit_interval
+                and (length is None or start_offset + written != length)
+            ):
                 await commit(release=False, final_length=length)
 
         # A body the kernel can move into the segment (a socket spliced into a file) skips

@@ -129,3 +129,20 @@ async def test_a_store_that_commits_whole_parts_takes_no_quiet_commit() -> None:
     record = await append(engine, upload.id, 0, body, content_length=len(source))
     assert record.complete
     assert store.flushed_at == [PART, 2 * PART, 3 * PART, 4 * PART, len(source)]
+
+
+async def test_a_quiet_body_is_not_completed_before_its_end(file_stack: Stack) -> None:
+    """All the bytes are there, but a chunked body has yet to send its end: the upload
+    completes with the request's last commit, not with a quiet one."""
+    engine = file_stack.engine()
+    source = pattern(2 * INTERVAL + 4 * KiB, 6)
+    upload = await create(engine, len(source))
+    commits = record_commits(engine)
+    body = QuietStream(source, quiet_at=len(source), chunk=4 * KiB)
+    record = await append(engine, upload.id, 0, body)  # no Content-Length
+    assert record.complete
+    assert [(c.offset, c.release) for c in commits] == [
+        (INTERVAL, False),
+        (2 * INTERVAL, False),
+        (len(source), True),
+    ]

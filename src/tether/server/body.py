@@ -121,9 +121,11 @@ class BodyReader(Interruptible):
             result = await step()
         except asyncio.CancelledError:
             task = self._task
-            ours = self._stop is not None or self._pausing
+            # Cleared whatever happens next: with a cancellation from elsewhere too, the
+            # task ends, and a later interrupt() must not think one is still on its way.
+            pausing, self._pausing = self._pausing, False
+            ours = self._stop is not None or pausing
             if ours and task is not None and task.uncancel() == 0:
-                self._pausing = False
                 if self._stop is not None:
                     self._finish()
                     raise BodyInterrupted(self._stop) from None
