@@ -20,6 +20,7 @@ from tests.contract.byte_contract import (
     write_segment,
 )
 from tests.contract.faults import FailingSync, FullDevice
+from tether.storage import filesystem
 from tether.storage.base import ObjectMissing, Piece, StorageError, StorageFull
 from tether.storage.filesystem import FilesystemByteStore
 
@@ -52,6 +53,24 @@ def files(root: Path, upload_id: str) -> list[str]:
 
 
 class TestFilesystemByteStore:
+    async def test_writeback_starts_at_each_boundary_without_a_flush(
+        self, store: FilesystemByteStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A fast body commits (and flushes) only every --commit-period: the writer starts
+        writeback itself as the segment crosses each 4 MiB, continued mid-segment too."""
+        started: list[int] = []
+        monkeypatch.setattr(filesystem, "_start_writeback", lambda fd, at: started.append(at))
+        MiB = 1024 * 1024
+        writer = await store.open_segment("u", "e1", 0)
+        for _ in range(10):
+            await writer.write(pattern(MiB))
+        await writer.close()
+        assert started == [0, 4 * MiB]
+        writer = await store.open_segment("u", "e1", 10 * MiB)
+        await writer.write(pattern(3 * MiB))
+        await writer.close()
+        assert started == [0, 4 * MiB, 8 * MiB]
+
     async def test_single_piece_assembles_by_rename(
         self, store: FilesystemByteStore, root: Path
     ) -> None:
