@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from tether.cli import build_parser, parse_duration, parse_size
+from tether.engine import EngineConfig, UploadService
+from tether.server.app import TetherApp
 from tether.server.config import ServerConfig
 from tether.server.run import build_app
+from tether.state.memory import MemoryStateStore
+from tether.storage.memory import MemoryByteStore
 
 
 @pytest.mark.parametrize(
@@ -108,3 +113,32 @@ def test_urls_are_redacted(url: str, shown: str) -> None:
     from tether.backends import redact
 
     assert redact(url) == shown
+
+
+async def test_a_quiet_commit_the_body_timeout_would_preempt_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ServerConfig(
+        state_url=f"sqlite:///{tmp_path}/state.db",
+        storage_url=f"file://{tmp_path}/uploads",
+        body_idle_timeout=5.0,
+        quiet_commit=5.0,
+    )
+    with caplog.at_level(logging.WARNING, logger="tether.server"):
+        service = build_app(config).service
+    await service.state.close()
+    await service.storage.close()
+    assert "--quiet-commit 5 is not below --body-timeout 5" in caplog.text
+
+
+async def test_no_quiet_signal_for_a_store_that_commits_whole_parts() -> None:
+    class PartStore(MemoryByteStore):
+        commit_interval = 8 * 1024 * 1024
+
+    config = ServerConfig(quiet_commit=1.0)
+    app = TetherApp(config, UploadService(MemoryStateStore(), PartStore(), EngineConfig("n1")))
+
+    async def receive() -> dict[str, object]:
+        raise AssertionError("not read")
+
+    assert app._body({}, receive)._quiet is None

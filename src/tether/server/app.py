@@ -252,9 +252,10 @@ class TetherApp:
     def _body(self, scope: Scope, receive: Receive) -> BodyReader:
         """A request's body, which the engine may have spliced when the server offers it."""
         splice = scope.get("extensions", {}).get(SPLICE)
-        return BodyReader(
-            receive, self.config.body_idle_timeout, splice, quiet=self.config.quiet_commit
-        )
+        # No quiet signal for a store that commits whole parts (S3): the engine would
+        # ignore it.
+        quiet = None if self.service.storage.commit_interval else self.config.quiet_commit
+        return BodyReader(receive, self.config.body_idle_timeout, splice, quiet=quiet)
 
     async def _run(
         self,

@@ -34,6 +34,13 @@ def build_app(config: ServerConfig) -> TetherApp:
                 redact(config.storage_url),
             )
         config = dataclasses.replace(config, max_size=storage.max_upload_size)
+    if 0 < config.body_idle_timeout <= config.quiet_commit:
+        log.warning(
+            "--quiet-commit %g is not below --body-timeout %g: a quiet body times out first,"
+            " and nothing is committed for its silence",
+            config.quiet_commit,
+            config.body_idle_timeout,
+        )
     engine = EngineConfig(
         node_id=config.node_id,
         max_size=config.max_size,
