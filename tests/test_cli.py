@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,33 @@ def test_unusable_settings_exit_2_with_a_message(
         text=True,
         timeout=30,
         cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TETHER_PORT", "80a", "argument --port: invalid int value: '80a'"),
+        ("TETHER_BODY_TIMEOUT", "1m", "argument --body-timeout: invalid float value: '1m'"),
+        ("TETHER_COMMIT_PERIOD", "abc", "argument --commit-period: invalid float value"),
+        ("TETHER_QUIET_COMMIT", "soon", "argument --quiet-commit: invalid float value"),
+    ],
+)
+def test_a_bad_number_in_the_environment_is_a_usage_error(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    # (--port on the command line would win over TETHER_PORT.)
+    port = [] if name == "TETHER_PORT" else ["--port", "0"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "serve", *port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={**os.environ, name: value},
     )
     assert result.returncode == 2
     assert message in result.stderr

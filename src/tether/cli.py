@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the upload server. Every option can also be set with the "
         "TETHER_<OPTION> environment variable (e.g. TETHER_PORT=8080).",
     )
+    # String defaults, as from the environment: argparse converts them with ``type``, so a
+    # bad TETHER_PORT is a usage error (exit 2) like a bad --port, not a traceback.
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "1080") or 1080))
+    serve.add_argument("--port", type=int, default=_env("PORT") or "1080")
     serve.add_argument("--base-path", default=_env("BASE_PATH", "/files/"))
     serve.add_argument(
         "--state",
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--body-timeout",
         type=float,
-        default=float(_env("BODY_TIMEOUT", "60") or 60),
+        default=_env("BODY_TIMEOUT") or "60",
         help="seconds a request body may stall before it is committed and closed",
     )
     serve.add_argument(
@@ -165,14 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--commit-period",
         type=float,
-        default=float(_env("COMMIT_PERIOD", "0.25") or 0.25),
+        default=_env("COMMIT_PERIOD") or "0.25",
         help="but no sooner than this many seconds after its previous commit"
         " (default 0.25; 0: at every interval; S3 commits at every part)",
     )
     serve.add_argument(
         "--quiet-commit",
         type=float,
-        default=float(_env("QUIET_COMMIT", "1") or 1),
+        default=_env("QUIET_COMMIT") or "1",
         help="a body that has sent nothing for this many seconds commits what it sent"
         " (default 1; 0: never; not on S3)",
     )
