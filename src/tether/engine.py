@@ -132,6 +132,10 @@ class UploadService:
         self.config = config
         self.clock = clock  # wall time, for expiry
         self.timer = timer  # for the commit period
+        # A store that sets its own interval (S3) commits only on its part boundaries: a
+        # part must be whole to be committed. So neither the commit period nor a quiet
+        # commit applies to it.
+        self.whole_parts = bool(storage.commit_interval)
         # Requests streaming into an upload on this node. Only an optimisation: a stale
         # request is fenced by the state store anyway; this just stops it sooner.
         self._inflight: dict[str, dict[Interruptible, asyncio.Event]] = {}
@@ -379,7 +383,7 @@ class UploadService:
         hasher = new_hasher(checksum.algorithm) if checksum is not None else None
         limit = length if length is not None else self.config.max_size
         interval = self.storage.commit_interval or self.config.commit_interval
-        period = 0.0 if self.storage.commit_interval else self.config.commit_period
+        period = 0.0 if self.whole_parts else self.config.commit_period
         timer = self.timer
         last_commit = timer()
         durable = self.config.durable
@@ -440,12 +444,11 @@ class UploadService:
             return record
 
         async def commit_quiet() -> None:
-            # Not on a store with its own interval: an S3 part must be whole to be committed.
-            # Nor the last byte of the upload (a chunked body yet to send its end): only the
+            # Not the last byte of the upload (a chunked body yet to send its end): only the
             # request's final commit completes it.
             if (
                 written > committed
-                and not self.storage.commit_interval
+                and not self.whole_parts
                 and (length is None or start_offset + written != length)
             ):
                 await commit(release=False, final_length=length)

@@ -86,6 +86,8 @@ class TetherApp:
         self.renderer = Renderer(max_size=config.max_size, url_for=self._path_for)
         self._reaper: asyncio.Task[None] | None = None
         self.draining = False
+        # No quiet signal where the engine would ignore it (``UploadService.whole_parts``).
+        self._quiet = None if service.whole_parts else config.quiet_commit
 
     # -- lifespan ----------------------------------------------------------------------
 
@@ -252,10 +254,7 @@ class TetherApp:
     def _body(self, scope: Scope, receive: Receive) -> BodyReader:
         """A request's body, which the engine may have spliced when the server offers it."""
         splice = scope.get("extensions", {}).get(SPLICE)
-        # No quiet signal for a store that commits whole parts (S3): the engine would
-        # ignore it.
-        quiet = None if self.service.storage.commit_interval else self.config.quiet_commit
-        return BodyReader(receive, self.config.body_idle_timeout, splice, quiet=quiet)
+        return BodyReader(receive, self.config.body_idle_timeout, splice, quiet=self._quiet)
 
     async def _run(
         self,

@@ -45,7 +45,7 @@ class _FileWriter:
         self._position = start  # the file offset: every write goes on from here
         self._writeback_from = start
 
-    def _start_writeback(self) -> None:
+    def _writeback_if_crossed(self) -> None:
         # Writeback starts, without waiting for it, each time the segment crosses a
         # writeback boundary, so the flush that completes the upload finds little left
         # to write (A: 720 -> 780 MB/s). Here, not at commits: a fast body commits only
@@ -65,7 +65,7 @@ class _FileWriter:
                 view = view[written:]
         except OSError as exc:
             raise _os_error(exc, f"write {self._path}") from exc
-        self._start_writeback()
+        self._writeback_if_crossed()
 
     async def write_from(self, source: DirectSource, count: int) -> int:
         # The kernel moves the bytes from the socket into the page cache: no copy through
@@ -75,7 +75,7 @@ class _FileWriter:
         except OSError as exc:
             raise _os_error(exc, f"write {self._path}") from exc
         self._position += moved
-        self._start_writeback()
+        self._writeback_if_crossed()
         return moved
 
     async def flush(self, durable: bool) -> None:
