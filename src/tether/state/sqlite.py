@@ -8,7 +8,10 @@ less than handing each one to a thread would cost (measured on workload C).
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,40 @@ PRAGMA user_version = 1;
 """
 
 
+# How long opening the database waits for other processes opening it too.
+_TIMEOUT = 10.0
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _while_busy(step: Callable[[], object], deadline: float) -> None:
+    """Run ``step`` until no other connection stands in its way, or until ``deadline``.
+
+    Several processes opening one new database at once (nodes sharing a file, started
+    together) meet where SQLite refuses at once instead of calling the busy handler:
+    switching to WAL while another connection is switching, and upgrading a read lock to
+    a write lock while another connection waits to write. Both steps are idempotent."""
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)  # (set by SQLite's own errors)
+            if code is None or code & 0xFF not in _BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(random.uniform(0.005, 0.02))
+
+
+def _create_schema(db: sqlite3.Connection) -> None:
+    # IMMEDIATE takes the write lock first, under the busy handler, so that the statements
+    # inside never need to upgrade a read lock (which SQLite refuses without waiting).
+    try:
+        db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def _encode_parts(parts: tuple[str, ...]) -> str:
     return " ".join(parts)
 
@@ -68,14 +105,15 @@ class SqliteStateStore:
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=10.0
+            self._db = db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_TIMEOUT
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            deadline = time.monotonic() + _TIMEOUT
+            _while_busy(lambda: db.execute("PRAGMA journal_mode=WAL"), deadline)
             # NORMAL survives a process crash (the WAL is in the OS before COMMIT returns);
             # FULL also survives a machine crash, matching --durability machine.
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            _while_busy(lambda: _create_schema(db), deadline)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
 
