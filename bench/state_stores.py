@@ -10,6 +10,11 @@ Without URLs it measures SQLite (a temporary file), PostgreSQL
 answer. Prints microseconds per acquire+commit pair, the median of ``--reps`` runs, and how
 much of it was this process's CPU time: on a busy machine the wall time wanders, the CPU
 time much less.
+
+Each store is measured twice: with the pairs back to back, and with ``--idle`` µs of sleep
+before each pair (not counted), as a node of a cluster idles between the requests of one
+client that round-robin sends elsewhere. On a virtual machine the second is much slower:
+a CPU that went idle takes a while to wake, and every round trip wakes two of them.
 """
 
 from __future__ import annotations
@@ -36,13 +41,19 @@ def default_urls(tmp: str) -> list[str]:
     ]
 
 
-async def pair_cost(store: StateStore, pairs: int) -> tuple[float, float]:
+async def pair_cost(store: StateStore, pairs: int, idle: float) -> tuple[float, float]:
     """Microseconds per acquire+commit pair: wall time, and this process's CPU time (the
-    client's share, which the store's code decides; the rest is the server and the wire)."""
+    client's share, which the store's code decides; the rest is the server and the wire).
+    ``idle`` seconds of sleep before each pair are not counted."""
     upload_id = secrets.token_hex(16)
     await store.create(UploadRecord(id=upload_id, length=10**15, created_at=time.time()))
-    started, cpu_started = time.perf_counter(), time.process_time()
+    elapsed = cpu = 0.0
     for _ in range(pairs):
+        if idle:
+            # A blocking sleep, so the process (and, if nothing else runs, its CPU) idles:
+            # the event loop's timers could not time a sleep this short.
+            time.sleep(idle)  # noqa: ASYNC251
+        started, cpu_started = time.perf_counter(), time.process_time()
         record = await store.acquire(upload_id, node="bench", client="127.0.0.1")
         offset = record.offset + 65536
         await store.commit(
@@ -58,28 +69,37 @@ async def pair_cost(store: StateStore, pairs: int) -> tuple[float, float]:
                 release_tail="e1",
             ),
         )
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        elapsed += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
     await store.delete(upload_id)
     return elapsed / pairs * 1e6, cpu / pairs * 1e6
 
 
-async def measure(url: str, pairs: int, reps: int) -> str:
+async def measure(url: str, pairs: int, reps: int, idle: float) -> str:
     store = open_state(url)
     try:
         await store.check()
     except Exception as exc:
         return f"{redact(url)}: skipped ({exc})"
+    pauses = (0.0, idle) if idle else (0.0,)
+    results: dict[float, list[tuple[float, float]]] = {pause: [] for pause in pauses}
     try:
-        results = [await pair_cost(store, pairs) for _ in range(reps)]
+        for _ in range(reps):
+            for pause in pauses:  # in turn, so that a drift of the machine hits both alike
+                results[pause].append(await pair_cost(store, pairs, pause))
     finally:
         await drop(url)
         await store.close()
-    walls = [wall for wall, _ in results]
-    cpu = statistics.median(cpu for _, cpu in results)
-    return (
-        f"{redact(url)}: {statistics.median(walls):.0f} us per acquire+commit"
-        f" (min {min(walls):.0f}, max {max(walls):.0f}), {cpu:.0f} us of it client CPU"
-    )
+    lines = [f"{redact(url)}:"]
+    for pause, runs in results.items():
+        walls = [wall for wall, _ in runs]
+        cpu = statistics.median(cpu for _, cpu in runs)
+        how = f"after {pause * 1e6:.0f} us idle" if pause else "back to back"
+        lines.append(
+            f"  {how:<18} {statistics.median(walls):5.0f} us per acquire+commit"
+            f" (min {min(walls):.0f}, max {max(walls):.0f}), {cpu:.0f} us of it client CPU"
+        )
+    return "\n".join(lines)
 
 
 async def drop(url: str) -> None:
@@ -112,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=500.0,
+        help="microseconds of sleep before each pair in the second measurement (0: none)",
+    )
     args = parser.parse_args(argv)
     try:  # what tether serve runs on
         import uvloop
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         run = asyncio.run
     with tempfile.TemporaryDirectory() as tmp:
         for url in args.urls or default_urls(tmp):
-            print(run(measure(url, args.pairs, args.reps)), flush=True)
+            print(run(measure(url, args.pairs, args.reps, args.idle / 1e6)), flush=True)
     return 0
 
 
