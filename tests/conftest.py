@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cephfs import cephfs
 from tests.support.rgw import s3_gateway
 from tests.support.server import ServerProcess
 
-__all__ = ["s3_gateway"]
+__all__ = ["cephfs", "s3_gateway"]
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ The binaries come from Debian 12's packages (Ceph 16.2 "Pacific")::
 
     apt-get install -y --no-install-recommends ceph-mon ceph-osd radosgw ceph-common
 
+With ``cephfs=True`` the same cluster also serves CephFS (one ``ceph-mds``), which
+``Gateway.mount`` mounts with ``ceph-fuse`` clients (``tests/support/cephfs.py``).
+
 ``s3_gateway`` is the pytest fixture: started on first use, once per session. With
 ``TETHER_TEST_S3_ENDPOINT`` (and ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``) set it
 uses that S3 service instead. Without the binaries it skips, saying how to get them.
@@ -36,15 +39,9 @@ from typing import Any
 
 import pytest
 
-REQUIRED_BINARIES = (
-    "ceph-mon",
-    "ceph-osd",
-    "radosgw",
-    "radosgw-admin",
-    "monmaptool",
-    "ceph-authtool",
-    "ceph",
-)
+BASE_BINARIES = ("ceph-mon", "ceph-osd", "monmaptool", "ceph-authtool", "ceph")
+RGW_BINARIES = ("radosgw", "radosgw-admin")
+CEPHFS_BINARIES = ("ceph-mds", "ceph-fuse")
 PACKAGES = ("ceph-mon", "ceph-osd", "radosgw", "ceph-common")
 INSTALL_HINT = (
     "apt-get install -y --no-install-recommends " + " ".join(PACKAGES) + " (Debian 12; "
@@ -61,9 +58,16 @@ class GatewayError(RuntimeError):
     """The gateway could not start (the message ends with the daemons' log tails)."""
 
 
-def missing_binaries() -> list[str]:
+def missing_binaries(*, rgw: bool = True, cephfs: bool = False) -> list[str]:
     """The Ceph programs ``Gateway`` needs that are not on PATH."""
-    return [name for name in REQUIRED_BINARIES if shutil.which(name) is None]
+    wanted = [*BASE_BINARIES, *(RGW_BINARIES if rgw else ()), *(CEPHFS_BINARIES if cephfs else ())]
+    return [name for name in wanted if shutil.which(name) is None]
+
+
+def _unmount(mountpoint: Path) -> None:
+    """Detach a FUSE mount whose client is gone (a killed ceph-fuse leaves it behind)."""
+    if os.path.ismount(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,9 +178,15 @@ class Gateway:
     timeout: float = 60.0
     # memstore keeps every object in RAM. This is only the size it reports (so the point
     # where the OSD calls itself full); memory is taken as objects arrive, ~2x their size
-    # (512 MiB stored: 1.3 GiB RSS), and given back once RGW's gc has run (~20 s).
+    # (512 MiB stored: 1.3 GiB RSS), and given back as RGW's gc deletes them: it starts
+    # after ~20 s, and after the churn test's S3 run half of a 10 GiB peak was still held
+    # minutes later. Files deleted from CephFS are given back within seconds.
     memstore_bytes: int = 16 * GiB
     host: str = "127.0.0.1"
+    # Which services run on the cluster: the S3 gateway, and CephFS (one metadata server;
+    # clients are ceph-fuse mounts from ``mount()``).
+    rgw: bool = True
+    cephfs: bool = False
     region: str = DEFAULT_REGION
     port: int | None = None  # the S3 port; None picks a free one
     root: Path | None = None
@@ -184,6 +194,7 @@ class Gateway:
     access_key: str = ""
     secret_key: str = ""
     daemons: list[Daemon] = field(default_factory=list)
+    mounts: list[Path] = field(default_factory=list)
     startup_seconds: float = 0.0
     _own_root: bool = False
     _deadline: float = 0.0
@@ -197,7 +208,7 @@ class Gateway:
         self.stop()
 
     def start(self) -> Gateway:
-        missing = missing_binaries()
+        missing = missing_binaries(rgw=self.rgw, cephfs=self.cephfs)
         if missing:
             raise GatewayError(f"missing Ceph programs {', '.join(missing)}: {INSTALL_HINT}")
         began = time.monotonic()
@@ -214,9 +225,11 @@ class Gateway:
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
-        # Reverse order: the gateway first (it is a client of the cluster), the monitor last.
+        # Reverse order: the clients first (mounts, the gateway), the monitor last.
         while self.daemons:
             self.daemons.pop().stop(timeout)
+        while self.mounts:
+            _unmount(self.mounts.pop())
         if self._own_root and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
@@ -277,6 +290,13 @@ class Gateway:
         self._spawn(f"osd.{osd_id}", "ceph-osd", "-f", "-i", osd_id)
         self._wait("the OSD to come up", self._osd_up)
 
+        if self.rgw:
+            self._start_rgw(rgw_port)
+        if self.cephfs:
+            self._start_mds()
+
+    def _start_rgw(self, rgw_port: int) -> None:
+        conf = ["--conf", str(self.conf)]
         # radosgw creates its pools (8 PGs each) itself, the bucket pools on the first bucket.
         self._spawn("client.rgw.a", "radosgw", "-f", "-n", "client.rgw.a")
         self.endpoint = f"http://{self.host}:{rgw_port}"
@@ -286,6 +306,27 @@ class Gateway:
         user = json.loads(self._run("radosgw-admin", *conf, *user_create))
         self.access_key = user["keys"][0]["access_key"]
         self.secret_key = user["keys"][0]["secret_key"]
+
+    def _start_mds(self) -> None:
+        assert self.root is not None
+        (self.root / "mds" / "a").mkdir(parents=True)
+        self._ceph("osd", "pool", "create", "cephfs_metadata", "8")
+        self._ceph("osd", "pool", "create", "cephfs_data", "8")
+        self._ceph("fs", "new", "cephfs", "cephfs_metadata", "cephfs_data")
+        self._spawn("mds.a", "ceph-mds", "-f", "-i", "a")
+        self._wait("the metadata server to become active", self._mds_active)
+
+    def mount(self, mountpoint: Path) -> Path:
+        """Mount the file system at ``mountpoint`` (created if need be) with a ceph-fuse
+        client of its own: its own cache and its own locks, as on another machine. The
+        mount ends on ``stop()``."""
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        self._deadline = time.monotonic() + self.timeout
+        self.mounts.append(mountpoint)
+        name = f"client.fuse{len(self.mounts)}"
+        self._spawn(name, "ceph-fuse", "-f", "--id", "admin", str(mountpoint))
+        self._wait(f"{name} to mount {mountpoint}", lambda: os.path.ismount(mountpoint))
+        return mountpoint
 
     def _conf_text(self, fsid: str, mon_port: int, rgw_port: int) -> str:
         root = self.root
@@ -312,6 +353,7 @@ mon cluster log file = {root}/log/cluster.log
 crash dir = {root}/crash
 mon data = {root}/mon/$id
 osd data = {root}/osd/$id
+mds data = {root}/mds/$id
 osd objectstore = memstore
 memstore device bytes = {self.memstore_bytes}
 osd pool default size = 1
@@ -412,6 +454,17 @@ rgw gc processor period = 10
             return False
         # Pacific prints {"epoch":..,"num_osds":1,"num_up_osds":1,..}
         return int(status.get("num_up_osds", 0)) >= 1
+
+    def _mds_active(self) -> bool:
+        try:
+            dump = json.loads(self._ceph("fs", "dump", "--format", "json"))
+        except (GatewayError, ValueError):
+            return False
+        return any(
+            info.get("state") == "up:active"
+            for fs in dump.get("filesystems", [])
+            for info in fs.get("mdsmap", {}).get("info", {}).values()
+        )
 
     def _rgw_answers(self, port: int) -> bool:
         """True once an HTTP answer carries RGW's request id (not just an open port)."""
