@@ -14,7 +14,8 @@ time much less.
 Each store is measured twice: with the pairs back to back, and with ``--idle`` µs of sleep
 before each pair (not counted), as a node of a cluster idles between the requests of one
 client that round-robin sends elsewhere. On a virtual machine the second is much slower:
-a CPU that went idle takes a while to wake, and every round trip wakes two of them.
+a CPU that idled computes more slowly for a while (the client's own CPU time grows too),
+and each round trip waits for an idle CPU to wake.
 """
 
 from __future__ import annotations

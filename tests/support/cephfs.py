@@ -12,7 +12,7 @@ The binaries come from Debian 12's packages::
 
     apt-get install -y --no-install-recommends ceph-mon ceph-osd ceph-common ceph-mds ceph-fuse
 
-``cephfs`` is the pytest fixture: the cluster starts on first use, once per module, with
+``cephfs`` is the pytest fixture: a cluster of its own for each test that uses it, with
 ``NODES`` mounts; it skips, saying how to install them, when the programs or ``/dev/fuse``
 are missing, and fails when they are there but do not start.
 """
@@ -44,8 +44,9 @@ class SharedFS:
     mounts: tuple[Path, ...]
 
 
-# Per module: a churn run leaves ~11 GiB in the OSD's RAM, which goes back at once.
-@pytest.fixture(scope="module")
+# Per test (one test uses it): the cluster and whatever a failed run left in its RAM
+# (~11 GiB at a churn run's peak) go before the next test starts.
+@pytest.fixture
 def cephfs() -> Iterator[SharedFS]:
     missing = missing_binaries(rgw=False, cephfs=True)
     if missing:

@@ -65,8 +65,11 @@ def missing_binaries(*, rgw: bool = True, cephfs: bool = False) -> list[str]:
 
 
 def _unmount(mountpoint: Path) -> None:
-    """Detach a FUSE mount whose client is gone (a killed ceph-fuse leaves it behind)."""
-    if os.path.ismount(mountpoint):
+    """Detach a FUSE mount whose client is gone (a killed ceph-fuse leaves it behind).
+    Read from the mount table: ``os.path.ismount`` says False for such a dead mount."""
+    with open("/proc/self/mounts") as table:
+        mounted = any(line.split()[1] == str(mountpoint) for line in table if line.strip())
+    if mounted:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
 
 
@@ -167,20 +170,23 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 @dataclass
 class Gateway:
-    """A single-node Ceph cluster serving S3 on ``endpoint``; a context manager.
+    """A single-node Ceph cluster serving S3 on ``endpoint`` (and, with ``cephfs=True``,
+    CephFS); a context manager.
 
     ``start()`` returns once radosgw answers S3 requests and an S3 user exists
-    (``access_key``/``secret_key``); it raises ``GatewayError`` (with log tails) when that
-    does not happen within ``timeout`` seconds, and stops whatever it started.
-    ``stop()`` stops the daemons by PID and removes the directory; it is idempotent.
+    (``access_key``/``secret_key``; not with ``rgw=False``) and, with ``cephfs=True``,
+    once the metadata server is active; it raises ``GatewayError`` (with log tails) when
+    that does not happen within ``timeout`` seconds, and stops whatever it started.
+    ``stop()`` ends the mounts, stops the daemons by PID and removes the directory; it is
+    idempotent.
     """
 
     timeout: float = 60.0
     # memstore keeps every object in RAM. This is only the size it reports (so the point
     # where the OSD calls itself full); memory is taken as objects arrive, ~2x their size
     # (512 MiB stored: 1.3 GiB RSS), and given back as RGW's gc deletes them: it starts
-    # after ~20 s, and after the churn test's S3 run half of a 10 GiB peak was still held
-    # minutes later. Files deleted from CephFS are given back within seconds.
+    # after ~20 s, and after the churn test's S3 run half of its ~10 GiB peak was still
+    # held minutes later. Files deleted from CephFS are given back within seconds.
     memstore_bytes: int = 16 * GiB
     host: str = "127.0.0.1"
     # Which services run on the cluster: the S3 gateway, and CephFS (one metadata server;
@@ -323,8 +329,10 @@ class Gateway:
         mountpoint.mkdir(parents=True, exist_ok=True)
         self._deadline = time.monotonic() + self.timeout
         self.mounts.append(mountpoint)
-        name = f"client.fuse{len(self.mounts)}"
-        self._spawn(name, "ceph-fuse", "-f", "--id", "admin", str(mountpoint))
+        # A name of its own, for its own log, admin socket and pid file (auth is "none").
+        client = f"fuse{len(self.mounts)}"
+        name = f"client.{client}"
+        self._spawn(name, "ceph-fuse", "-f", "--id", client, str(mountpoint))
         self._wait(f"{name} to mount {mountpoint}", lambda: os.path.ismount(mountpoint))
         return mountpoint
 
