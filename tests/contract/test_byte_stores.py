@@ -71,6 +71,47 @@ class TestFilesystemByteStore:
         await writer.close()
         assert started == [0, 4 * MiB, 8 * MiB]
 
+    @pytest.mark.parametrize("always", [False, True])
+    async def test_a_close_to_open_file_system_flushes_every_commit(
+        self, store: FilesystemByteStore, monkeypatch: pytest.MonkeyPatch, always: bool
+    ) -> None:
+        """On NFS or SMB another machine sees only what was flushed: a writer there
+        fdatasyncs at each flush, durable or not; elsewhere only a durable flush does."""
+        synced: list[int] = []
+        monkeypatch.setattr(filesystem.os, "fdatasync", synced.append)
+        store.flush_always = always
+        writer = await store.open_segment("u", "e1", 0)
+        await writer.write(b"abc")
+        await writer.flush(False)
+        assert len(synced) == (1 if always else 0)
+        await writer.flush(True)
+        assert len(synced) == (2 if always else 1)
+        await writer.close()
+
+    def test_the_file_system_type_comes_from_the_innermost_mount(self, root: Path) -> None:
+        table = "\n".join(
+            [
+                "36 35 98:0 / / rw,relatime - ext4 /dev/vda rw",
+                "37 36 0:50 / /mnt/up\\040loads rw - nfs4 srv:/export rw,vers=4.2",
+                "38 36 0:51 / /mnt/cifs rw - tmpfs tmpfs rw",
+                "39 38 0:52 / /mnt/cifs rw - cifs //srv/x rw",
+                "40 36 0:53 / /mnt/ceph rw - fuse.ceph-fuse ceph-fuse rw",
+            ]
+        )
+        kinds = {
+            "/mnt/up loads/tether": "nfs4",  # (a space is written \040 in the table)
+            "/mnt/cifs/a/b": "cifs",  # the later of two mounts on one point
+            "/mnt/cifsx": "ext4",  # a longer name, not a path below /mnt/cifs
+            "/mnt/ceph/u": "fuse.ceph-fuse",
+            "/srv": "ext4",
+        }
+        for path, kind in kinds.items():
+            assert filesystem.filesystem_type(path, table) == kind
+        assert {k for k in kinds.values() if k in filesystem.CLOSE_TO_OPEN} == {"nfs4", "cifs"}
+        # The real table: the test's own directory is on a local file system.
+        assert filesystem.filesystem_type(str(root)) not in filesystem.CLOSE_TO_OPEN
+        assert FilesystemByteStore(root).flush_always is False
+
     async def test_single_piece_assembles_by_rename(
         self, store: FilesystemByteStore, root: Path
     ) -> None:

@@ -33,6 +33,7 @@ from tests.support.cephfs import SharedFS
 from tests.support.churn import MiB, Source
 from tests.support.rgw import S3Service
 from tests.support.server import ServerProcess
+from tests.support.stores import fresh_state
 
 pytestmark = pytest.mark.e2e
 
@@ -51,48 +52,6 @@ NODES = 3
 # A stalled request commits what it received after this much silence; the takeovers stall
 # 0.05-0.3 s, so some find those bytes committed and some fence them off uncommitted.
 QUIET_COMMIT = "0.2"
-
-
-# -- state stores --------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_state(kind: str) -> Iterator[str]:
-    """A fresh schema (PostgreSQL) or key prefix (Redis), removed afterwards; skipped, with
-    the reason, when the server cannot be reached."""
-    # tests.contract.backends imports the two backend modules itself; importing either of
-    # them first would be a circular import.
-    import tests.contract.backends  # noqa: F401
-
-    if kind == "postgresql":
-        from tests.contract import postgres_backend as pg
-
-        if pg.SKIP_REASON is not None:
-            pytest.skip(pg.SKIP_REASON)
-        import psycopg
-        from psycopg import sql
-
-        schema = f"churn_{secrets.token_hex(6)}"
-        base = pg.SERVER_URL
-        try:
-            yield f"{base}{'&' if '?' in base else '?'}schema={schema}"
-        finally:
-            with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
-                conn.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
-                )
-    else:
-        from tests.contract import redis_backend as rb
-
-        reason = rb.unreachable()
-        if reason is not None:
-            pytest.skip(reason)
-        prefix = f"churn:{secrets.token_hex(6)}:"
-        base = rb.server_url()
-        try:
-            yield f"{base}{'&' if '?' in base else '?'}prefix={prefix}"
-        finally:
-            rb.delete_keys([prefix])
 
 
 # -- byte stores ---------------------------------------------------------------------------
@@ -183,7 +142,7 @@ def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         shared = cephfs_directory(request.getfixturevalue("cephfs"))
     else:
         shared = shared_directory([tmp_path / "bytes"] * NODES)
-    with fresh_state(state) as state_url:
+    with fresh_state(state, "churn") as state_url:
         yield state_url, shared
 
 

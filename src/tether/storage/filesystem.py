@@ -6,6 +6,12 @@ and assembly is a rename. A concatenation of finished uploads copies nothing eit
 directory holds a hard link to each part's ``data`` (so deleting a part later keeps the
 bytes) and a ``parts.json`` manifest, written last, that reads follow. Nothing here is
 process-local: any process that sees ROOT may continue, assemble or read any upload.
+
+On NFS and SMB a client keeps the pages it wrote to itself until it flushes or closes the
+file (close-to-open consistency), so another machine reading a segment could find bytes a
+commit covers missing. On those file systems every commit first flushes the segment to the
+server (``fdatasync``), whatever ``--durability`` says. Local file systems share one page
+cache, and CephFS clients hand dirty data over when another client opens the file.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -36,10 +43,11 @@ def _os_error(exc: OSError, what: str) -> StorageError:
 
 
 class _FileWriter:
-    __slots__ = ("_fd", "_flush_failed", "_path", "_position", "_writeback_from")
+    __slots__ = ("_always", "_fd", "_flush_failed", "_path", "_position", "_writeback_from")
 
-    def __init__(self, fd: int, path: str | Path, start: int) -> None:
+    def __init__(self, fd: int, path: str | Path, start: int, *, always: bool = False) -> None:
         self._fd = fd
+        self._always = always  # flush even when not durable (a close-to-open file system)
         self._path = path
         self._flush_failed: StorageError | None = None
         self._position = start  # the file offset: every write goes on from here
@@ -84,7 +92,7 @@ class _FileWriter:
         # failure fails every later flush of this writer, and nothing it wrote is committed.
         if self._flush_failed is not None:
             raise self._flush_failed
-        if durable:
+        if durable or self._always:
             try:
                 await asyncio.to_thread(os.fdatasync, self._fd)
             except OSError as exc:
@@ -109,6 +117,8 @@ class FilesystemByteStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot use {self.root} for uploads: {exc}") from exc
+        self.filesystem = filesystem_type(self._root)
+        self.flush_always = self.filesystem in CLOSE_TO_OPEN
 
     def __repr__(self) -> str:
         return f"FilesystemByteStore({str(self.root)!r})"
@@ -162,7 +172,7 @@ class FilesystemByteStore:
         except BaseException:
             os.close(fd)
             raise
-        return _FileWriter(fd, path, start)
+        return _FileWriter(fd, path, start, always=self.flush_always)
 
     async def assemble(self, upload_id: str, pieces: Sequence[Piece]) -> None:
         await asyncio.to_thread(self._assemble, upload_id, list(pieces))
@@ -351,6 +361,37 @@ class FilesystemByteStore:
 
 _WRITEBACK_STEP = 4 * 1024 * 1024
 _MANIFEST = "parts.json"
+# File systems whose clients show other machines what they wrote only once it is flushed
+# or closed (types as /proc/self/mountinfo names them).
+CLOSE_TO_OPEN = frozenset({"nfs", "nfs4", "cifs", "smb3"})
+
+
+def filesystem_type(path: str, mountinfo: str | None = None) -> str | None:
+    """The type of the file system that holds ``path`` (``ext4``, ``nfs4``…), from the
+    mount table (``/proc/self/mountinfo`` unless given); None where there is none."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo") as table:
+                mountinfo = table.read()
+        except OSError:
+            return None
+    path = os.path.realpath(path)
+    found, longest = None, -1
+    for line in mountinfo.splitlines():
+        mount, separator, rest = line.partition(" - ")
+        fields = mount.split()
+        if not separator or len(fields) < 5 or not rest.split():
+            continue
+        point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        # The longest match is the innermost mount; a later line for the same point is a
+        # mount on top of it.
+        if inside and len(point) >= longest:
+            found, longest = rest.split()[0], len(point)
+    return found
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 async def _read_parts(parts: list[tuple[Path, int]], start: int, end: int) -> AsyncIterator[bytes]:
