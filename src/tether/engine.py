@@ -444,10 +444,12 @@ class UploadService:
             return record
 
         async def commit_quiet() -> None:
-            # Not the last byte of the upload (a chunked body yet to send its end): only the
-            # request's final commit completes it.
+            # Not for a checksummed body (kept whole or not at all), nor at the upload's last
+            # byte (a chunked body yet to send its end): only the request's final commit
+            # completes it.
             if (
                 written > committed
+                and hasher is None
                 and not self.whole_parts
                 and (length is None or start_offset + written != length)
             ):
@@ -492,8 +494,7 @@ class UploadService:
                         except StopAsyncIteration:
                             break
                         except BodyQuiet:
-                            if hasher is None:  # (a checksummed body is kept whole or not at all)
-                                await commit_quiet()
+                            await commit_quiet()
                             continue
                         n = len(chunk)
                         if limit is not None and start_offset + written + n > limit:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.contract.backends import FILE_BYTES, MEMORY_BYTES, MEMORY_STATE, SQLITE_STATE
+from tests.contract.backends import MEMORY_BYTES, MEMORY_STATE
 from tests.engine.support import (
     INTERVAL,
     KiB,
@@ -47,9 +46,20 @@ class DirectStream(Stream):
             raise BodyInterrupted(self._stop)
         if self.fail_at is not None and self.sent >= self.fail_at:
             raise BodyInterrupted(self.fail_with)
+        if self.hang_at is not None and self.sent == self.hang_at:
+            # As Stream: wait like a half-open connection, then send ``after`` if given.
+            self.hang_at = None
+            self.reached.set()
+            await self._wake.wait()
+            if self._stop is not None:
+                raise BodyInterrupted(self._stop)
+            if self.after is not None:
+                self.data = self.data[: self.sent] + self.after
         end = min(self.sent + count, self.sent + self.chunk, len(self.data))
         if self.fail_at is not None:
             end = min(end, self.fail_at)
+        if self.hang_at is not None:
+            end = min(end, self.hang_at)
         if self.full_at is not None and end > self.full_at:
             os.write(fd, self.data[self.sent : self.full_at])  # a short write, then ENOSPC
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -61,12 +71,9 @@ class DirectStream(Stream):
         return len(piece)
 
 
-@pytest.fixture(params=[(SQLITE_STATE, FILE_BYTES)], ids=["sqlite-file"])
-async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
-    state, storage = request.param
-    opened = open_stack(state, storage, tmp_path)
-    yield opened
-    await opened.aclose()
+@pytest.fixture
+def stack(file_stack: Stack) -> Stack:
+    return file_stack
 
 
 def record_commits(engine: UploadService) -> list[Commit]:

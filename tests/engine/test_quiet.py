@@ -23,7 +23,7 @@ from tests.engine.support import (
 )
 from tests.engine.test_direct import DirectStream, record_commits, send
 from tests.engine.test_store_hints import PART, PartStore, part_engine
-from tether.engine import BodyInterrupted, BodyQuiet
+from tether.engine import BodyQuiet
 from tether.protocol.errors import UploadError
 
 QUIET_AT = INTERVAL + 8 * KiB  # off the interval grid, on the bodies' 4 KiB chunks
@@ -44,7 +44,7 @@ class QuietStream(Stream):
 
 
 class QuietDirect(DirectStream):
-    """The same, spliced; with ``hang_at``, its end (``after`` is taken to be empty)."""
+    """The same, spliced."""
 
     def __init__(self, data: bytes, *, quiet_at: int, **kwargs: Any) -> None:
         super().__init__(data, **kwargs)
@@ -54,12 +54,6 @@ class QuietDirect(DirectStream):
         if self.sent == self.quiet_at:
             self.quiet_at = None
             raise BodyQuiet
-        if self.sent == self.hang_at:
-            self.reached.set()
-            await self._wake.wait()
-            if self._stop is not None:
-                raise BodyInterrupted(self._stop)
-            return 0
         return await super().move_into(fd, count)
 
 

@@ -117,8 +117,7 @@ class FilesystemByteStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot use {self.root} for uploads: {exc}") from exc
-        self.filesystem = filesystem_type(self._root)
-        self.flush_always = self.filesystem in CLOSE_TO_OPEN
+        self.flush_always = filesystem_type(self._root) in CLOSE_TO_OPEN
 
     def __repr__(self) -> str:
         return f"FilesystemByteStore({str(self.root)!r})"
