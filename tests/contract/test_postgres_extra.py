@@ -154,6 +154,42 @@ async def test_statements_deallocated_behind_the_store_are_prepared_again(pg_url
 
 
 @needs_server
+async def test_a_statement_cancelled_in_flight_leaves_no_result_behind(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """A request cancelled while its acquire waits on a row lock: the connection it used
+    is closed, so the acquire's late result cannot answer the next statement."""
+    name = f"tether-test-{secrets.token_hex(4)}"
+    store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
+    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    table = f'"{schema_of(pg_url)}".uploads'
+    with admin.transaction():
+        admin.execute(f"SELECT 1 FROM {table} WHERE id = 'u' FOR UPDATE")
+        waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    # The cancelled UPDATE still runs once the lock is gone: let it end before reading
+    # epochs back. Then each acquire reads back its own epoch, the one in the table.
+    for _ in range(100):
+        active = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = %s AND state = 'active'",
+            (name,),
+        ).fetchone()
+        if active == (0,):
+            break
+        await asyncio.sleep(0.05)
+    for _ in range(3):
+        epoch = (await store.acquire("u", node="n", client=None)).epoch
+        row = admin.execute(f"SELECT epoch FROM {table} WHERE id = 'u'").fetchone()
+        assert row == (epoch,)
+    await store.close()
+
+
+@needs_server
 async def test_a_pool_with_no_free_connection_says_so(pg_url: str) -> None:
     store = open_state(f"{pg_url}&pool_max=1&pool_timeout=0.2")
     assert isinstance(store, PostgresStateStore)
