@@ -154,11 +154,53 @@ async def test_statements_deallocated_behind_the_store_are_prepared_again(pg_url
 
 
 @needs_server
-async def test_a_statement_cancelled_in_flight_leaves_no_result_behind(
+async def test_a_statement_cancelled_in_flight_is_stopped_and_leaves_no_result_behind(
     pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
 ) -> None:
-    """A request cancelled while its acquire waits on a row lock: the connection it used
-    is closed, so the acquire's late result cannot answer the next statement."""
+    """A request cancelled while its acquire waits on a row lock: the server is asked to
+    stop the statement, so it ends while the lock is still held and never bumps the epoch,
+    and the connection is closed, so no late result answers the next statement."""
+    name = f"tether-test-{secrets.token_hex(4)}"
+    store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
+    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    table = f'"{schema_of(pg_url)}".uploads'
+
+    async def ours_active() -> object:
+        # (Inside a transaction, pg_stat_activity is read once and kept: read it afresh.)
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        return admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = %s AND state = 'active'",
+            (name,),
+        ).fetchone()
+
+    with admin.transaction():
+        admin.execute(f"SELECT 1 FROM {table} WHERE id = 'u' FOR UPDATE")
+        waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert await ours_active() == (1,)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        for _ in range(100):
+            if await ours_active() == (0,):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the cancelled statement still runs while the lock is held")
+    for expected in (1, 2, 3):
+        assert (await store.acquire("u", node="n", client=None)).epoch == expected
+        assert admin.execute(f"SELECT epoch FROM {table} WHERE id = 'u'").fetchone() == (expected,)
+    await store.close()
+
+
+@needs_server
+async def test_a_connection_lost_while_a_statement_waits_is_unavailable_then_replaced(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The server ends the session while the acquire waits on a row lock (a failover, an
+    administrator): the acquire fails at once as unavailable, and the next one works."""
     name = f"tether-test-{secrets.token_hex(4)}"
     store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
     await store.create(UploadRecord(id="u", length=10, created_at=1.0))
@@ -168,24 +210,13 @@ async def test_a_statement_cancelled_in_flight_leaves_no_result_behind(
         waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
         await asyncio.sleep(0.3)
         assert not waiting.done()
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-    # The cancelled UPDATE still runs once the lock is gone: let it end before reading
-    # epochs back. Then each acquire reads back its own epoch, the one in the table.
-    for _ in range(100):
-        active = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = %s AND state = 'active'",
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (name,),
-        ).fetchone()
-        if active == (0,):
-            break
-        await asyncio.sleep(0.05)
-    for _ in range(3):
-        epoch = (await store.acquire("u", node="n", client=None)).epoch
-        row = admin.execute(f"SELECT epoch FROM {table} WHERE id = 'u'").fetchone()
-        assert row == (epoch,)
+        )
+        with pytest.raises(StoreUnavailable, match="is unavailable"):
+            await asyncio.wait_for(waiting, 5)
+    assert (await store.acquire("u", node="n", client=None)).epoch == 1
     await store.close()
 
 

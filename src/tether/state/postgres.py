@@ -72,6 +72,7 @@ handle per loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -344,9 +345,10 @@ async def _exchange(conn: psycopg.AsyncConnection[Any]) -> list[pq.abc.PGresult]
     clock). An acquire+commit pair cost 238-270 µs of client CPU through ``conn.wait`` and
     218-256 µs this way (``bench/state_stores.py``, three runs of each, in turn).
 
-    If the exchange does not end (the task is cancelled, the connection fails), the
-    connection is closed, not cancelled and drained as ``conn.wait`` would: its pool
-    replaces it, and no late result can answer another statement."""
+    If the wait does not end (the task is cancelled, the connection fails), the statement
+    is cancelled on the server, as psycopg would, but without waiting for that here: the
+    connection is closed at once, its pool replaces it, and no late result can answer
+    another statement."""
     pgconn = conn.pgconn
     if pgconn.flush():
         # The socket took only part of the message (never seen with these short ones):
@@ -355,30 +357,69 @@ async def _exchange(conn: psycopg.AsyncConnection[Any]) -> list[pq.abc.PGresult]
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[list[pq.abc.PGresult]] = loop.create_future()
     got: list[pq.abc.PGresult] = []
+    fd = pgconn.socket
+    watching = False
+
+    def watch() -> None:
+        nonlocal watching
+        loop.add_reader(fd, readable)
+        watching = True
+
+    def unwatch() -> None:
+        nonlocal watching
+        if watching:
+            loop.remove_reader(fd)
+            watching = False
 
     def readable() -> None:
+        # Off the loop before libpq reads: on a lost connection libpq closes the socket
+        # itself, and a closed descriptor must not stay registered (its number is reused).
+        unwatch()
+        if waiter.done():
+            return
         try:
             pgconn.consume_input()
-            while not waiter.done() and not pgconn.is_busy():
+            while not pgconn.is_busy():
                 result = pgconn.get_result()
                 if result is None:
                     waiter.set_result(got)
-                else:
-                    got.append(result)
+                    return
+                got.append(result)
         except psycopg.Error as exc:
-            if not waiter.done():
+            # A session the server ended sends its reason first (a FATAL result), which
+            # says more than libpq's "server closed the connection".
+            if any(r.status == pq.ExecStatus.FATAL_ERROR for r in got):
+                waiter.set_result(got)
+            else:
                 waiter.set_exception(exc)
+            return
+        watch()
 
-    fd = pgconn.socket
-    loop.add_reader(fd, readable)
+    watch()
     try:
-        results = await waiter
+        return await waiter
     except BaseException:
-        loop.remove_reader(fd)
+        unwatch()
+        if pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            _cancel_soon(loop, pgconn)
         pgconn.finish()
         raise
-    loop.remove_reader(fd)
-    return results
+
+
+def _cancel_soon(loop: asyncio.AbstractEventLoop, pgconn: pq.abc.PGconn) -> None:
+    """Ask the server, from a worker thread, to stop the statement ``pgconn`` is running
+    (a request that waits on a row lock would otherwise update it once the lock is free)."""
+    try:
+        cancel = pgconn.get_cancel()
+    except psycopg.Error:
+        return
+
+    def send() -> None:
+        with contextlib.suppress(psycopg.Error):
+            cancel.cancel()
+
+    with contextlib.suppress(RuntimeError):  # the loop's executor has shut down
+        loop.run_in_executor(None, send)
 
 
 class _Session:
