@@ -29,6 +29,7 @@ from tests.support.cephfs import SharedFS
 from tests.support.churn import MiB, Source
 from tests.support.server import ServerProcess
 from tests.support.stores import fresh_state
+from tether.state.postgres import parse_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cephfs]
 
@@ -52,14 +53,8 @@ def nodes(cephfs: SharedFS, state_url: str, tmp_path: Path) -> Iterator[list[Ser
         )
         for i, mount in enumerate(cephfs.mounts)
     ]
-    try:
-        for proc in procs:
-            proc.start()
-        yield procs
-    finally:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                proc.stop(timeout=10)
+    with contextlib.ExitStack() as running:
+        yield [running.enter_context(proc) for proc in procs]
 
 
 def _upload_path(location: str) -> str:
@@ -115,14 +110,13 @@ def _committed(state_url: str, location: str, expected: int, *, within: float) -
     import psycopg
     from psycopg import sql
 
-    base, _, query = state_url.partition("?")
-    schema = dict(p.split("=", 1) for p in query.split("&"))["schema"]
+    settings = parse_url(state_url)
     upload_id = location.rsplit("/", 1)[1]
     statement = sql.SQL("SELECT received FROM {}.uploads WHERE id = %s").format(
-        sql.Identifier(schema)
+        sql.Identifier(settings.schema)
     )
     deadline = time.monotonic() + within
-    with psycopg.connect(base, autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
         while True:
             row = conn.execute(statement, (upload_id,)).fetchone()
             received = int(row[0]) if row else -1

@@ -4,6 +4,7 @@ PostgreSQL/Redis and S3, come with the cluster issue; this is the embedded-store
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -34,13 +35,8 @@ def nodes(tmp_path: Path) -> Iterator[list[ServerProcess]]:
         )
         for i in range(2)
     ]
-    try:
-        for proc in procs:
-            proc.start()
-        yield procs
-    finally:
-        for proc in procs:
-            proc.stop()
+    with contextlib.ExitStack() as running:
+        yield [running.enter_context(proc) for proc in procs]
 
 
 def test_chunks_alternate_between_nodes_and_addresses(nodes: list[ServerProcess]) -> None:
