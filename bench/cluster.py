@@ -14,7 +14,8 @@ Setups, interleaved within each repetition (order rotated per repetition):
 The client sends each upload's POST to the first node and each PATCH to the next node,
 round-robin, on one keep-alive connection per node, so every PATCH lands on another node
 than the request before it. Everything else is bench/run.py's timed run: fresh data dir,
-~1 GiB page-cache warm-up, all nodes pinned to CPU 0 and the client to CPU 1, every stored
+~1 GiB page-cache warm-up, all nodes pinned to CPU 0 (``--spread``: each node on a CPU of
+its own, 0, 2, 3, …, as on machines of their own) and the client to CPU 1, every stored
 file checked by sha256 (here: GET from the last node). PostgreSQL and Redis run where they
 run (they are shared services), and their CPU time over each run is read from /proc and
 reported per request. Each schema and key prefix is dropped after its run.
@@ -47,7 +48,6 @@ from procstat import (
     wait_for_quiet,
 )
 from run import (
-    BENCH_CPUS,
     WARMUP_BYTES,
     ExpectedHashes,
     RunRecord,
@@ -95,6 +95,33 @@ TARGETS: dict[tuple[str, str], float] = {
 # Processes whose CPU time is the state store's (all of PostgreSQL's backends are called
 # "postgres"). They are shared services: anything else using them during a run counts too.
 STORE_PROCESSES = {"postgresql": "postgres", "redis": "redis-server"}
+
+
+def node_cpus(nodes: int, spread: bool, available: set[int]) -> list[int]:
+    """The CPU each node runs on: all on the server's, or (``spread``) one each out of
+    ``available``, never the client's, the server's first (the single node's: a setup of
+    n nodes takes the first n). SystemExit when there are too few CPUs for that."""
+    if not spread:
+        return [int(SERVER_CPU)] * nodes
+    usable = sorted(available - {int(CLIENT_CPU)})
+    usable.sort(key=lambda cpu: cpu != int(SERVER_CPU))  # the single node's CPU first
+    if len(usable) < nodes:
+        raise SystemExit(
+            f"--spread needs {nodes + 1} CPUs ({nodes} nodes and the client), "
+            f"this process may use {len(usable) + 1}"
+        )
+    return usable[:nodes]
+
+
+def where_nodes_run(cpus: list[int]) -> str:
+    if len(set(cpus)) == 1:
+        return f"nodes on CPU {cpus[0]}"
+    return f"nodes on CPUs {','.join(map(str, cpus))} (one each)"
+
+
+def watched_cpus(cpus: list[int]) -> tuple[int, ...]:
+    """The nodes' CPUs and the client's: where other work would pollute a run."""
+    return tuple(sorted({*cpus, int(CLIENT_CPU)}))
 
 
 @dataclass(frozen=True)
@@ -225,12 +252,15 @@ def timed_run(
     data_dir = run_dir / "data"
     data_dir.mkdir(parents=True)
     warm_page_cache(run_dir, args.warmup_bytes)
-    if args.quiet_wait > 0 and not wait_for_quiet(BENCH_CPUS, args.quiet_wait):
+    cpus = args.cpus[: setup.nodes]
+    if args.quiet_wait > 0 and not wait_for_quiet(watched_cpus(cpus), args.quiet_wait):
         print(f"  (machine still busy after {args.quiet_wait:.0f}s; running anyway)", flush=True)
     state = setup.state_url(data_dir)
     nodes = [
-        RunningServer(spec, free_port(), data_dir, run_dir / f"node{i}.log", args.nice)
-        for i, spec in enumerate(node_specs(setup, state, args.durability), start=1)
+        RunningServer(spec, free_port(), data_dir, run_dir / f"node{i}.log", args.nice, str(cpu))
+        for i, (spec, cpu) in enumerate(
+            zip(node_specs(setup, state, args.durability), cpus, strict=True), start=1
+        )
     ]
     record = ClusterRecord(rep, workload.name, setup.name, ok=False)
     try:
@@ -265,17 +295,18 @@ def measure(
     """Run the client once against ``nodes``, fill ``record``, return the uploads made."""
     cpu_before = sum(tree_cpu_seconds(node.pid) for node in nodes)
     store_before = store_cpu_seconds(setup.store)
-    steal_before = steal_seconds(BENCH_CPUS)
-    busy_before = busy_seconds(int(SERVER_CPU))
+    node_cpu_set = sorted({int(node.cpu) for node in nodes})
+    steal_before = steal_seconds(watched_cpus(node_cpu_set))
+    busy_before = sum(busy_seconds(cpu) for cpu in node_cpu_set)
     with contextlib.ExitStack() as stack:
         samplers = [stack.enter_context(RssSampler(node.pid)) for node in nodes]
         urls = [node.base_url for node in nodes]
         result = run_client(args, urls, workload, data, run_dir / "client.json")
     record.server_cpu_s = sum(tree_cpu_seconds(node.pid) for node in nodes) - cpu_before
     record.store_cpu_s = store_cpu_seconds(setup.store) - store_before
-    record.steal_s = steal_seconds(BENCH_CPUS) - steal_before
-    busy = busy_seconds(int(SERVER_CPU)) - busy_before
-    # The state store may run on the server's core too: that is the setup, not noise.
+    record.steal_s = steal_seconds(watched_cpus(node_cpu_set)) - steal_before
+    busy = sum(busy_seconds(cpu) for cpu in node_cpu_set) - busy_before
+    # The state store may run on the nodes' cores too: that is the setup, not noise.
     record.foreign_cpu_s = max(0.0, busy - record.server_cpu_s - record.store_cpu_s)
     record.peak_rss_kib = sum(sampler.peak_kib for sampler in samplers)
     record.wall_s = result["wall_s"]
@@ -376,14 +407,14 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def print_table(summaries: list[Summary], workloads: list[Workload], reps: int) -> None:
+def print_table(summaries: list[Summary], workloads: list[Workload], reps: int, where: str) -> None:
     titles = {w.name: w.title for w in workloads}
     header = (
         f"{'wl':<3} {'setup':<20} {'metric':<6} {'median':>8} {'min':>8} {'max':>8} "
         f"{'srv us/req':>10} {'store us/req':>12} {'RSS MiB':>8} {'/single':>8} "
         f"{'target':>7} {'ok':>5}"
     )
-    print(f"\nResults: median of {reps} repetition(s); nodes on CPU {SERVER_CPU}, ", end="")
+    print(f"\nResults: median of {reps} repetition(s); {where}, ", end="")
     print(f"client on CPU {CLIENT_CPU}; srv = all nodes' CPU, store = PostgreSQL/Redis CPU")
     print(header)
     print("-" * len(header))
@@ -428,6 +459,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=NODES,
         help=f"nodes per cluster setup; default {NODES} (1: the state store's cost alone)",
+    )
+    p.add_argument(
+        "--spread",
+        action="store_true",
+        help="each node on a CPU of its own (0, 2, 3, ...; needs nodes+1 CPUs), as on machines"
+        " of their own; default: every node on CPU 0",
     )
     p.add_argument("--postgres-url", default=DEFAULT_POSTGRES, help="without ?schema")
     p.add_argument("--redis-url", default=DEFAULT_REDIS, help="without ?prefix")
@@ -482,6 +519,7 @@ def reexec_in_venv() -> None:
 def main(argv: list[str] | None = None) -> int:
     reexec_in_venv()
     args = parse_args(argv)
+    args.cpus = node_cpus(args.nodes, args.spread, os.sched_getaffinity(0))
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     missing = tether_missing(None)
     if missing:
@@ -496,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     setups = select_setups(args)
     print(
         f"setups: {', '.join(s.name for s in setups)}; python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs (nodes on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU})",
+        f"{os.cpu_count()} CPUs ({where_nodes_run(args.cpus)}, client on CPU {CLIENT_CPU})",
         flush=True,
     )
     size = data_size_needed(list(table.values()))
@@ -509,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     summaries = summarize(records, setups, workloads)
-    print_table(summaries, workloads, args.reps)
+    print_table(summaries, workloads, args.reps, where_nodes_run(args.cpus))
     print(
         f"\ntotal time {time.monotonic() - started:.0f}s"
         + (f"; run dirs kept in {root}" if args.keep else "")

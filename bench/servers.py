@@ -204,10 +204,17 @@ class RunningServer:
     """One started server process; always call ``stop()`` (run.py does, in finally)."""
 
     def __init__(
-        self, spec: ServerSpec, port: int, data_dir: Path, log_path: Path, nice: int = 0
+        self,
+        spec: ServerSpec,
+        port: int,
+        data_dir: Path,
+        log_path: Path,
+        nice: int = 0,
+        cpu: str = SERVER_CPU,
     ) -> None:
         self.spec = spec
         self.nice = nice
+        self.cpu = cpu
         self.port = port
         self.data_dir = data_dir
         self.log_path = log_path
@@ -223,7 +230,7 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}{self.spec.base_path}"
 
     def start(self) -> None:
-        argv = [*pinned(SERVER_CPU, self.nice), *self.spec.command(self.port, self.data_dir)]
+        argv = [*pinned(self.cpu, self.nice), *self.spec.command(self.port, self.data_dir)]
         with open(self.log_path, "wb") as log:
             log.write(("$ " + shlex.join(argv) + "\n").encode())
             log.flush()
