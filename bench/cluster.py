@@ -103,8 +103,7 @@ def node_cpus(nodes: int, spread: bool, available: set[int]) -> list[int]:
     n nodes takes the first n). SystemExit when there are too few CPUs for that."""
     if not spread:
         return [int(SERVER_CPU)] * nodes
-    usable = sorted(available - {int(CLIENT_CPU)})
-    usable.sort(key=lambda cpu: cpu != int(SERVER_CPU))  # the single node's CPU first
+    usable = sorted(available - {int(CLIENT_CPU)}, key=lambda cpu: (cpu != int(SERVER_CPU), cpu))
     if len(usable) < nodes:
         raise SystemExit(
             f"--spread needs {nodes + 1} CPUs ({nodes} nodes and the client), "
@@ -489,6 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.reps = 1
     args.warmup_bytes = args.warmup_mib * MiB
+    args.cpus = node_cpus(args.nodes, args.spread, os.sched_getaffinity(0))
     return args
 
 
@@ -519,7 +519,6 @@ def reexec_in_venv() -> None:
 def main(argv: list[str] | None = None) -> int:
     reexec_in_venv()
     args = parse_args(argv)
-    args.cpus = node_cpus(args.nodes, args.spread, os.sched_getaffinity(0))
     os.sched_setaffinity(0, {int(CLIENT_CPU)})
     missing = tether_missing(None)
     if missing:

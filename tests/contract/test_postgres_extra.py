@@ -4,9 +4,10 @@ its errors, and its pools' lives across event loops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
@@ -14,7 +15,14 @@ import pytest
 
 from tests.contract.postgres_backend import SERVER_URL, SKIP_REASON, fresh_schema_url
 from tether.backends import BackendError, open_state
-from tether.state.base import Commit, Segment, StoreUnavailable, UploadRecord, apply_commit
+from tether.state.base import (
+    Commit,
+    Segment,
+    StateStore,
+    StoreUnavailable,
+    UploadRecord,
+    apply_commit,
+)
 from tether.state.postgres import _MIGRATIONS, PostgresStateStore, parse_url
 
 needs_server = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
@@ -153,6 +161,23 @@ async def test_statements_deallocated_behind_the_store_are_prepared_again(pg_url
     await store.close()
 
 
+@contextlib.asynccontextmanager
+async def _acquire_held_by_a_row_lock(
+    pg_url: str, admin: psycopg.Connection[tuple[object, ...]], name: str
+) -> AsyncIterator[tuple[StateStore, asyncio.Task[UploadRecord], str]]:
+    """A store on one connection named ``name``, and its acquire of upload ``u`` waiting
+    on the row lock ``admin`` holds until the block ends (with the row's table)."""
+    store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
+    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
+    table = f'"{schema_of(pg_url)}".uploads'
+    with admin.transaction():
+        admin.execute(f"SELECT 1 FROM {table} WHERE id = 'u' FOR UPDATE")
+        waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        yield store, waiting, table
+
+
 @needs_server
 async def test_a_statement_cancelled_in_flight_is_stopped_and_leaves_no_result_behind(
     pg_url: str, admin: psycopg.Connection[tuple[object, ...]]
@@ -161,11 +186,8 @@ async def test_a_statement_cancelled_in_flight_is_stopped_and_leaves_no_result_b
     stop the statement, so it ends while the lock is still held and never bumps the epoch,
     and the connection is closed, so no late result answers the next statement."""
     name = f"tether-test-{secrets.token_hex(4)}"
-    store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
-    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
-    table = f'"{schema_of(pg_url)}".uploads'
 
-    async def ours_active() -> object:
+    def ours_active() -> object:
         # (Inside a transaction, pg_stat_activity is read once and kept: read it afresh.)
         admin.execute("SELECT pg_stat_clear_snapshot()")
         return admin.execute(
@@ -174,17 +196,13 @@ async def test_a_statement_cancelled_in_flight_is_stopped_and_leaves_no_result_b
             (name,),
         ).fetchone()
 
-    with admin.transaction():
-        admin.execute(f"SELECT 1 FROM {table} WHERE id = 'u' FOR UPDATE")
-        waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()
-        assert await ours_active() == (1,)
+    async with _acquire_held_by_a_row_lock(pg_url, admin, name) as (store, waiting, table):
+        assert ours_active() == (1,)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         for _ in range(100):
-            if await ours_active() == (0,):
+            if ours_active() == (0,):
                 break
             await asyncio.sleep(0.05)
         else:
@@ -202,14 +220,7 @@ async def test_a_connection_lost_while_a_statement_waits_is_unavailable_then_rep
     """The server ends the session while the acquire waits on a row lock (a failover, an
     administrator): the acquire fails at once as unavailable, and the next one works."""
     name = f"tether-test-{secrets.token_hex(4)}"
-    store = open_state(f"{pg_url}&pool_max=1&application_name={name}")
-    await store.create(UploadRecord(id="u", length=10, created_at=1.0))
-    table = f'"{schema_of(pg_url)}".uploads'
-    with admin.transaction():
-        admin.execute(f"SELECT 1 FROM {table} WHERE id = 'u' FOR UPDATE")
-        waiting = asyncio.create_task(store.acquire("u", node="n", client=None))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()
+    async with _acquire_held_by_a_row_lock(pg_url, admin, name) as (store, waiting, _):
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             (name,),

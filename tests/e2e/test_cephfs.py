@@ -29,7 +29,6 @@ from tests.support.cephfs import SharedFS
 from tests.support.churn import MiB, Source
 from tests.support.server import ServerProcess
 from tests.support.stores import fresh_state
-from tether.state.postgres import parse_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cephfs]
 
@@ -109,6 +108,8 @@ def _committed(state_url: str, location: str, expected: int, *, within: float) -
     seconds, whatever it is then)."""
     import psycopg
     from psycopg import sql
+
+    from tether.state.postgres import parse_url
 
     settings = parse_url(state_url)
     upload_id = location.rsplit("/", 1)[1]

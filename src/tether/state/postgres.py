@@ -342,8 +342,7 @@ class _Statement:
 async def _exchange(conn: psycopg.AsyncConnection[Any]) -> list[pq.abc.PGresult]:
     """The results of the statement just sent on ``conn``: what ``conn.wait(execute(…))``
     returns, for less CPU (one reader callback and one future; no generator, timer or
-    clock). An acquire+commit pair cost 238-270 µs of client CPU through ``conn.wait`` and
-    218-256 µs this way (``bench/state_stores.py``, three runs of each, in turn).
+    clock: bench/README gives what that saves per acquire+commit).
 
     If the wait does not end (the task is cancelled, the connection fails), the statement
     is cancelled on the server, as psycopg would, but without waiting for that here: the
